@@ -1,0 +1,14 @@
+//! switchboard's media core.
+//!
+//! Everything here except [`xdp`] is sans-IO: state machines fed bytes and
+//! time that return packets and timers, testable without sockets. Packet views
+//! in [`wire`] are zero-copy wrappers over byte slices with checked accessors;
+//! malformed input yields a typed error and never a panic.
+
+pub mod layer;
+pub mod rewrite;
+pub mod srtp;
+pub mod wire;
+
+#[cfg(feature = "xdp")]
+pub mod xdp;

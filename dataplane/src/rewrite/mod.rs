@@ -1,0 +1,1 @@
+//! Per-subscriber outgoing stream rewriting.

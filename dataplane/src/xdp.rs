@@ -1,0 +1,1 @@
+//! Loader for the embedded XDP programs.
