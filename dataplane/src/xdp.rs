@@ -3,18 +3,39 @@
 //! The BPF object is compiled by this crate's build script and embedded in the
 //! binary, so a deployed appliance needs no files besides itself. Map key and
 //! value types come from `switchboard-common`, the same crate the programs use.
+//!
+//! [`XdpIngress`] owns the loaded programs, their attachments (XDP on each
+//! media interface, TC clsact ingress for fan-out) and the typed map API:
+//! local addresses, relay flows, streams and room layer caps. Everything is
+//! detached when it is dropped. [`XdpPass`] puts an `XDP_PASS` program on an
+//! interface that must accept native `XDP_TX`/`XDP_REDIRECT` frames (a veth
+//! peer).
 
-use std::time::Duration;
+mod spec;
+
+use std::{collections::BTreeSet, net::IpAddr, time::Duration};
 
 use aya::{
-    maps::{Array, PerCpuArray},
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
-    Ebpf,
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray},
+    programs::{
+        tc::SchedClassifierLinkId, ProgramError, SchedClassifier, TcAttachType, TestRun,
+        TestRunOptions, Xdp, XdpMode,
+    },
+    Ebpf, Pod,
 };
-use switchboard_common::{map_names, program_names, Counters, IngressConfig};
+use switchboard_common::{
+    map_names, program_names, Addr, Counters, Fanout, Flow, FlowKey, IngressConfig, RoomCap,
+    Stream, MAX_FANOUT,
+};
+
+pub use spec::{
+    map_addr, unmap_addr, DependencyDescriptor, FlowAction, FlowMatch, LayerCap, RelayTarget,
+    StreamKind, StreamSpec,
+};
 
 /// The BPF object as built for this binary.
-static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/switchboard-ebpf"));
+static BPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/switchboard-ebpf"));
 
 /// XDP actions as returned by the program (kernel UAPI values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +91,10 @@ pub enum XdpError {
     Load(#[from] aya::EbpfError),
     /// A program or map is missing from the object: a build mismatch.
     #[error("the BPF object has no {kind} named {name}")]
-    Missing { kind: &'static str, name: &'static str },
+    Missing {
+        kind: &'static str,
+        name: &'static str,
+    },
     /// A program-level operation failed.
     #[error("{what}: {source}")]
     Program {
@@ -85,14 +109,65 @@ pub enum XdpError {
         #[source]
         source: aya::maps::MapError,
     },
+    /// A map update failed.
+    #[error("{what}: {source}")]
+    DevMap {
+        what: &'static str,
+        #[source]
+        source: aya::maps::xdp::XdpMapError,
+    },
+    /// Attaching or detaching the TC program failed.
+    #[error("{what}: {source}")]
+    Tc {
+        what: String,
+        #[source]
+        source: ProgramError,
+    },
     /// The configured media port range is empty.
     #[error("media port range {min}-{max} is empty")]
     BadPortRange { min: u16, max: u16 },
+    /// A flow's local port is outside the media port range, so the program would never see it.
+    #[error("local port {port} is outside the media port range {min}-{max}")]
+    PortOutsideRange { port: u16, min: u16, max: u16 },
+    /// A relay flow needs at least one destination.
+    #[error("a relay flow needs at least one destination")]
+    NoDestinations,
+    /// More destinations than the TC clone loop handles.
+    #[error("relay fan-out of {requested} destinations exceeds the maximum of {max}")]
+    FanoutTooLarge { requested: usize, max: usize },
+    /// The programs rewrite headers in place and cannot translate between IPv4 and IPv6.
+    #[error("sender {sender} and destination {target} are not the same IP version")]
+    FamilyMismatch {
+        sender: std::net::SocketAddr,
+        target: std::net::SocketAddr,
+    },
+    /// A destination has interface index 0.
+    #[error("a relay destination needs an egress interface index")]
+    NoInterface,
+    /// A destination has port 0.
+    #[error("relay destination ports must not be 0")]
+    ZeroPort,
+    /// A single-destination relay flow names an interface that is not an egress.
+    #[error("interface index {0} is not a registered egress (attach or add_egress it first)")]
+    EgressNotRegistered(u32),
+    /// No interface of that name in this network namespace.
+    #[error("no interface named {0:?}")]
+    UnknownInterface(String),
+    /// The Dependency Descriptor extension id cannot be used (0 or 15).
+    #[error("RTP header extension id {0} cannot carry the Dependency Descriptor")]
+    BadExtensionId(u8),
+    /// A temporal layer value is reserved.
+    #[error("temporal layer {0} is reserved")]
+    BadTemporalLayer(u8),
+    /// Audio streams are never capped, so a Dependency Descriptor on one is a mistake.
+    #[error("an audio stream cannot have a Dependency Descriptor")]
+    DependencyDescriptorOnAudio,
 }
 
 /// What one `BPF_PROG_TEST_RUN` returned.
 #[derive(Debug, Clone)]
 pub struct TestRunOutcome {
+    /// The program's verdict.
     pub action: XdpAction,
     /// The frame as the program left it.
     pub frame: Vec<u8>,
@@ -100,36 +175,49 @@ pub struct TestRunOutcome {
     pub duration: Duration,
 }
 
-/// The loaded ingress program and its maps.
+struct XdpAttachment {
+    interface: String,
+    link: aya::programs::xdp::XdpLinkId,
+    mode: AttachedMode,
+}
+
+struct TcAttachment {
+    interface: String,
+    link: SchedClassifierLinkId,
+}
+
+/// The loaded ingress programs, their attachments and maps.
 pub struct XdpIngress {
     ebpf: Ebpf,
-    attached: Vec<(String, aya::programs::xdp::XdpLinkId, AttachedMode)>,
+    config: IngressConfig,
+    xdp_links: Vec<XdpAttachment>,
+    tc_links: Vec<TcAttachment>,
+    egress: BTreeSet<u32>,
 }
 
 impl XdpIngress {
-    /// Loads the embedded object, runs it through the verifier and writes `config`.
+    /// Loads the embedded object, runs both programs through the verifier and writes `config`.
     pub fn load(config: IngressConfig) -> Result<Self, XdpError> {
-        if config.port_min > config.port_max {
-            return Err(XdpError::BadPortRange {
-                min: config.port_min,
-                max: config.port_max,
-            });
-        }
-        let mut ebpf = Ebpf::load(BPF_OBJECT).map_err(|err| {
-            if is_permission_error(&err) {
-                XdpError::NotPermitted(err)
-            } else {
-                XdpError::Load(err)
-            }
-        })?;
-        let program = xdp_program(&mut ebpf)?;
-        program.load().map_err(|source| XdpError::Program {
-            what: "verifying the XDP program".into(),
-            source,
-        })?;
+        check_port_range(&config)?;
+        let mut ebpf = load_object()?;
+        xdp_program(&mut ebpf, program_names::XDP_INGRESS)?
+            .load()
+            .map_err(|source| XdpError::Program {
+                what: "verifying the XDP program".into(),
+                source,
+            })?;
+        tc_program(&mut ebpf)?
+            .load()
+            .map_err(|source| XdpError::Program {
+                what: "verifying the TC fan-out program".into(),
+                source,
+            })?;
         let mut ingress = Self {
             ebpf,
-            attached: Vec::new(),
+            config,
+            xdp_links: Vec::new(),
+            tc_links: Vec::new(),
+            egress: BTreeSet::new(),
         };
         ingress.set_config(config)?;
         Ok(ingress)
@@ -137,6 +225,7 @@ impl XdpIngress {
 
     /// Replaces the ingress configuration; takes effect for the next packet.
     pub fn set_config(&mut self, config: IngressConfig) -> Result<(), XdpError> {
+        check_port_range(&config)?;
         let map = self
             .ebpf
             .map_mut(map_names::INGRESS_CONFIG)
@@ -152,50 +241,93 @@ impl XdpIngress {
         array.set(0, config, 0).map_err(|source| XdpError::Map {
             what: "writing the ingress config",
             source,
-        })
+        })?;
+        self.config = config;
+        Ok(())
     }
 
-    /// Attaches to `interface`, in driver mode if the driver supports it and in
-    /// generic (skb) mode otherwise. Returns the mode in use and logs a warning
-    /// naming it when it is the slow one.
+    /// Attaches to `interface` (in the calling thread's network namespace):
+    /// XDP in driver mode if the driver supports it and in generic (skb) mode
+    /// otherwise (with a warning naming the mode), the TC fan-out program on
+    /// clsact ingress, and the interface as an `XDP_REDIRECT` egress. Returns
+    /// the XDP mode in use.
     pub fn attach(&mut self, interface: &str) -> Result<AttachedMode, XdpError> {
-        let program = xdp_program(&mut self.ebpf)?;
-        let (link, mode) = match program.attach(interface, XdpMode::Driver) {
-            Ok(link) => (link, AttachedMode::Driver),
-            Err(driver_err) => {
-                let link = program.attach(interface, XdpMode::Skb).map_err(|source| {
-                    XdpError::Program {
-                        what: format!(
-                            "attaching XDP to {interface} (driver mode failed with: {driver_err}; skb mode)"
-                        ),
-                        source,
-                    }
-                })?;
-                tracing::warn!(
-                    interface,
-                    error = %driver_err,
-                    "native XDP unavailable; attached in skb (generic) mode, expect far lower packet rates"
-                );
-                (link, AttachedMode::Skb)
-            }
-        };
-        self.attached.push((interface.to_owned(), link, mode));
+        self.add_egress(interface)?;
+        let program = xdp_program(&mut self.ebpf, program_names::XDP_INGRESS)?;
+        let (link, mode) = attach_xdp(program, interface)?;
+        self.xdp_links.push(XdpAttachment {
+            interface: interface.to_owned(),
+            link,
+            mode,
+        });
+        let tc = tc_program(&mut self.ebpf)?;
+        // TCX (kernel 6.6+) needs no qdisc; the netlink fallback needs clsact,
+        // which may already exist.
+        if let Err(err) = aya::programs::tc::qdisc_add_clsact(interface) {
+            tracing::debug!(interface, %err, "clsact qdisc not added (present already, or TCX in use)");
+        }
+        let link = tc
+            .attach(interface, TcAttachType::Ingress)
+            .map_err(|source| XdpError::Tc {
+                what: format!("attaching the TC fan-out program to {interface} ingress"),
+                source,
+            })?;
+        self.tc_links.push(TcAttachment {
+            interface: interface.to_owned(),
+            link,
+        });
+        tracing::info!(interface, %mode, "switchboard XDP and TC fan-out attached");
         Ok(mode)
     }
 
-    /// Interfaces the program is attached to, with their modes.
+    /// Registers `interface` as a target for `XDP_REDIRECT` without attaching
+    /// to it ([`attach`](Self::attach) does this too).
+    pub fn add_egress(&mut self, interface: &str) -> Result<u32, XdpError> {
+        let ifindex = ifindex(interface)?;
+        let map = self
+            .ebpf
+            .map_mut(map_names::EGRESS_DEVS)
+            .ok_or(XdpError::Missing {
+                kind: "map",
+                name: map_names::EGRESS_DEVS,
+            })?;
+        let mut devs = DevMapHash::try_from(map).map_err(|source| XdpError::Map {
+            what: "opening the egress device map",
+            source,
+        })?;
+        devs.insert(ifindex, ifindex, None, 0)
+            .map_err(|source| XdpError::DevMap {
+                what: "adding an egress device",
+                source,
+            })?;
+        self.egress.insert(ifindex);
+        Ok(ifindex)
+    }
+
+    /// Interfaces the XDP program is attached to, with their modes.
     pub fn attachments(&self) -> impl Iterator<Item = (&str, AttachedMode)> {
-        self.attached.iter().map(|(name, _, mode)| (name.as_str(), *mode))
+        self.xdp_links
+            .iter()
+            .map(|a| (a.interface.as_str(), a.mode))
     }
 
     /// Detaches from every interface. Also done on drop.
     pub fn detach_all(&mut self) -> Result<(), XdpError> {
-        let program = xdp_program(&mut self.ebpf)?;
         let mut first_err = None;
-        for (interface, link, _) in self.attached.drain(..) {
-            if let Err(source) = program.detach(link) {
+        let program = xdp_program(&mut self.ebpf, program_names::XDP_INGRESS)?;
+        for a in self.xdp_links.drain(..) {
+            if let Err(source) = program.detach(a.link) {
                 first_err.get_or_insert(XdpError::Program {
-                    what: format!("detaching XDP from {interface}"),
+                    what: format!("detaching XDP from {}", a.interface),
+                    source,
+                });
+            }
+        }
+        let tc = tc_program(&mut self.ebpf)?;
+        for a in self.tc_links.drain(..) {
+            if let Err(source) = tc.detach(a.link) {
+                first_err.get_or_insert(XdpError::Tc {
+                    what: format!("detaching the TC fan-out program from {}", a.interface),
                     source,
                 });
             }
@@ -203,12 +335,110 @@ impl XdpIngress {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// Makes `addr` one of the appliance's media addresses.
+    pub fn add_local_address(&mut self, addr: IpAddr) -> Result<(), XdpError> {
+        let mut map = self.hash_map::<Addr, u8>(map_names::LOCAL_ADDRS)?;
+        map.insert(map_addr(addr), 1, 0)
+            .map_err(|source| XdpError::Map {
+                what: "adding a local address",
+                source,
+            })
+    }
+
+    /// Stops treating `addr` as a media address. Removing an absent one is not an error.
+    pub fn remove_local_address(&mut self, addr: IpAddr) -> Result<(), XdpError> {
+        let mut map = self.hash_map::<Addr, u8>(map_names::LOCAL_ADDRS)?;
+        remove_if_present(&mut map, &map_addr(addr), "removing a local address")
+    }
+
+    /// Adds or replaces a flow. Validation happens before any map is written;
+    /// for several destinations the fan-out entry is written before the flow
+    /// so the programs never see a flow without its destinations.
+    pub fn set_flow(&mut self, flow: FlowMatch, action: &FlowAction) -> Result<(), XdpError> {
+        let (min, max) = (self.config.port_min, self.config.port_max);
+        if !(min..=max).contains(&flow.local_port) {
+            return Err(XdpError::PortOutsideRange {
+                port: flow.local_port,
+                min,
+                max,
+            });
+        }
+        let values = spec::flow_values(&flow, action)?;
+        if values.flow.fanout == 1 && !self.egress.contains(&values.flow.dest.ifindex) {
+            return Err(XdpError::EgressNotRegistered(values.flow.dest.ifindex));
+        }
+        let key = flow.key();
+        if let Some(fan) = values.fanout {
+            let mut fanout = self.hash_map::<FlowKey, Fanout>(map_names::FANOUT)?;
+            fanout.insert(key, fan, 0).map_err(|source| XdpError::Map {
+                what: "writing a flow's fan-out",
+                source,
+            })?;
+        }
+        let mut flows = self.hash_map::<FlowKey, Flow>(map_names::FLOWS)?;
+        flows
+            .insert(key, values.flow, 0)
+            .map_err(|source| XdpError::Map {
+                what: "writing a flow",
+                source,
+            })?;
+        if values.fanout.is_none() {
+            let mut fanout = self.hash_map::<FlowKey, Fanout>(map_names::FANOUT)?;
+            remove_if_present(&mut fanout, &key, "removing a stale fan-out")?;
+        }
+        Ok(())
+    }
+
+    /// Removes a flow; its packets then count as unknown. Removing an absent one is not an error.
+    pub fn remove_flow(&mut self, flow: &FlowMatch) -> Result<(), XdpError> {
+        let key = flow.key();
+        let mut flows = self.hash_map::<FlowKey, Flow>(map_names::FLOWS)?;
+        remove_if_present(&mut flows, &key, "removing a flow")?;
+        let mut fanout = self.hash_map::<FlowKey, Fanout>(map_names::FANOUT)?;
+        remove_if_present(&mut fanout, &key, "removing a flow's fan-out")
+    }
+
+    /// Adds or replaces what is known about the stream with this SSRC.
+    pub fn set_stream(&mut self, ssrc: u32, stream: &StreamSpec) -> Result<(), XdpError> {
+        let value = stream.to_value()?;
+        let mut map = self.hash_map::<u32, Stream>(map_names::STREAMS)?;
+        map.insert(ssrc, value, 0).map_err(|source| XdpError::Map {
+            what: "writing a stream",
+            source,
+        })
+    }
+
+    /// Forgets a stream (its packets are then never capped).
+    pub fn remove_stream(&mut self, ssrc: u32) -> Result<(), XdpError> {
+        let mut map = self.hash_map::<u32, Stream>(map_names::STREAMS)?;
+        remove_if_present(&mut map, &ssrc, "removing a stream")
+    }
+
+    /// Sets a room's layer cap; takes effect for the next packet.
+    pub fn set_room_cap(&mut self, room: u32, cap: LayerCap) -> Result<(), XdpError> {
+        let value = cap.to_value()?;
+        let mut map = self.hash_map::<u32, RoomCap>(map_names::ROOM_CAPS)?;
+        map.insert(room, value, 0).map_err(|source| XdpError::Map {
+            what: "writing a room cap",
+            source,
+        })
+    }
+
+    /// Lifts a room's cap.
+    pub fn clear_room_cap(&mut self, room: u32) -> Result<(), XdpError> {
+        let mut map = self.hash_map::<u32, RoomCap>(map_names::ROOM_CAPS)?;
+        remove_if_present(&mut map, &room, "removing a room cap")
+    }
+
     /// The counters summed over all CPUs.
     pub fn counters(&self) -> Result<Counters, XdpError> {
-        let map = self.ebpf.map(map_names::COUNTERS).ok_or(XdpError::Missing {
-            kind: "map",
-            name: map_names::COUNTERS,
-        })?;
+        let map = self
+            .ebpf
+            .map(map_names::COUNTERS)
+            .ok_or(XdpError::Missing {
+                kind: "map",
+                name: map_names::COUNTERS,
+            })?;
         let array: PerCpuArray<_, Counters> =
             PerCpuArray::try_from(map).map_err(|source| XdpError::Map {
                 what: "opening the counters map",
@@ -225,10 +455,10 @@ impl XdpIngress {
         Ok(total)
     }
 
-    /// Runs the program once on `frame` with `BPF_PROG_TEST_RUN`, without any
-    /// interface: how the program is unit-tested and how the demo shows it.
+    /// Runs the XDP program once on `frame` with `BPF_PROG_TEST_RUN`, without
+    /// any interface: how the program is unit-tested.
     pub fn test_run(&mut self, frame: &[u8]) -> Result<TestRunOutcome, XdpError> {
-        let program = xdp_program(&mut self.ebpf)?;
+        let program = xdp_program(&mut self.ebpf, program_names::XDP_INGRESS)?;
         // Room for the frame plus the headroom a rewrite may add.
         let mut out = vec![0u8; frame.len() + 256];
         let result = program
@@ -248,25 +478,173 @@ impl XdpIngress {
             duration: result.duration,
         })
     }
+
+    fn hash_map<K: Pod, V: Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<HashMap<&mut MapData, K, V>, XdpError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(XdpError::Missing { kind: "map", name })?;
+        HashMap::try_from(map).map_err(|source| XdpError::Map {
+            what: "opening a hash map",
+            source,
+        })
+    }
 }
 
 impl Drop for XdpIngress {
     fn drop(&mut self) {
         if let Err(err) = self.detach_all() {
-            tracing::error!(%err, "detaching XDP on shutdown failed");
+            tracing::error!(%err, "detaching XDP/TC on shutdown failed");
         }
     }
 }
 
-fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
-    let program = ebpf
-        .program_mut(program_names::XDP_INGRESS)
-        .ok_or(XdpError::Missing {
-            kind: "program",
-            name: program_names::XDP_INGRESS,
+/// An `XDP_PASS` program attached in driver mode. Native XDP on veth
+/// delivers `XDP_TX`/`XDP_REDIRECT` frames only to a peer that has an XDP
+/// program of its own; this is that program. Detached on drop.
+pub struct XdpPass {
+    ebpf: Ebpf,
+    interface: String,
+    link: Option<aya::programs::xdp::XdpLinkId>,
+    mode: AttachedMode,
+}
+
+impl XdpPass {
+    /// Loads the pass program and attaches it to `interface` (in the calling
+    /// thread's network namespace), driver mode first.
+    pub fn attach(interface: &str) -> Result<Self, XdpError> {
+        let mut ebpf = load_object()?;
+        let program = xdp_program(&mut ebpf, program_names::XDP_PASS)?;
+        program.load().map_err(|source| XdpError::Program {
+            what: "verifying the XDP pass program".into(),
+            source,
         })?;
+        let (link, mode) = attach_xdp(program, interface)?;
+        Ok(Self {
+            ebpf,
+            interface: interface.to_owned(),
+            link: Some(link),
+            mode,
+        })
+    }
+
+    /// The mode the program is attached in.
+    pub fn mode(&self) -> AttachedMode {
+        self.mode
+    }
+}
+
+impl Drop for XdpPass {
+    fn drop(&mut self) {
+        let Some(link) = self.link.take() else { return };
+        let result = xdp_program(&mut self.ebpf, program_names::XDP_PASS).and_then(|p| {
+            p.detach(link).map_err(|source| XdpError::Program {
+                what: format!("detaching the XDP pass program from {}", self.interface),
+                source,
+            })
+        });
+        if let Err(err) = result {
+            tracing::error!(%err, "detaching the XDP pass program failed");
+        }
+    }
+}
+
+/// The index of `interface` in the calling thread's network namespace.
+pub fn ifindex(interface: &str) -> Result<u32, XdpError> {
+    let name = std::ffi::CString::new(interface)
+        .map_err(|_| XdpError::UnknownInterface(interface.to_owned()))?;
+    // SAFETY: `name` is a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(XdpError::UnknownInterface(interface.to_owned())),
+        index => Ok(index),
+    }
+}
+
+fn check_port_range(config: &IngressConfig) -> Result<(), XdpError> {
+    if config.port_min > config.port_max {
+        return Err(XdpError::BadPortRange {
+            min: config.port_min,
+            max: config.port_max,
+        });
+    }
+    Ok(())
+}
+
+fn load_object() -> Result<Ebpf, XdpError> {
+    Ebpf::load(BPF_OBJECT).map_err(|err| {
+        if is_permission_error(&err) {
+            XdpError::NotPermitted(err)
+        } else {
+            XdpError::Load(err)
+        }
+    })
+}
+
+fn attach_xdp(
+    program: &mut Xdp,
+    interface: &str,
+) -> Result<(aya::programs::xdp::XdpLinkId, AttachedMode), XdpError> {
+    match program.attach(interface, XdpMode::Driver) {
+        Ok(link) => Ok((link, AttachedMode::Driver)),
+        Err(driver_err) => {
+            let link = program.attach(interface, XdpMode::Skb).map_err(|source| {
+                XdpError::Program {
+                    what: format!(
+                        "attaching XDP to {interface} (driver mode failed with: {driver_err}; skb mode)"
+                    ),
+                    source,
+                }
+            })?;
+            tracing::warn!(
+                interface,
+                mode = %AttachedMode::Skb,
+                error = %driver_err,
+                "native XDP unavailable; attached in skb (generic) mode, expect far lower packet rates"
+            );
+            Ok((link, AttachedMode::Skb))
+        }
+    }
+}
+
+fn remove_if_present<K: Pod, V: Pod>(
+    map: &mut HashMap<&mut MapData, K, V>,
+    key: &K,
+    what: &'static str,
+) -> Result<(), XdpError> {
+    match map.remove(key) {
+        Ok(()) => Ok(()),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        Err(source) => Err(XdpError::Map { what, source }),
+    }
+}
+
+fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, XdpError> {
+    let program = ebpf.program_mut(name).ok_or(XdpError::Missing {
+        kind: "program",
+        name,
+    })?;
     program.try_into().map_err(|source| XdpError::Program {
-        what: format!("{} is not an XDP program", program_names::XDP_INGRESS),
+        what: format!("{name} is not an XDP program"),
+        source,
+    })
+}
+
+fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, XdpError> {
+    let name = program_names::TC_FANOUT;
+    let program = ebpf.program_mut(name).ok_or(XdpError::Missing {
+        kind: "program",
+        name,
+    })?;
+    program.try_into().map_err(|source| XdpError::Program {
+        what: format!("{name} is not a TC classifier"),
         source,
     })
 }
@@ -284,3 +662,6 @@ fn is_permission_error(err: &aya::EbpfError) -> bool {
     }
     false
 }
+
+/// The most destinations [`FlowAction::Relay`] accepts.
+pub const MAX_RELAY_FANOUT: usize = MAX_FANOUT;

@@ -19,13 +19,20 @@ use anyhow::{bail, Context, Result};
 const BPF_LINKER_VERSION: &str = "0.10.4";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Debian packages: C toolchain pieces for aws-lc and libsrtp (built from
-/// source by the benchmarks and interop tests), iproute2/ethtool for test hosts.
+/// source against OpenSSL, bindings generated with libclang, for the
+/// benchmarks and interop tests), iproute2/ethtool for test hosts, and
+/// GStreamer as an independent SRTP peer over the relay.
 const DEBIAN_PACKAGES: &[&str] = &[
     "build-essential",
     "pkg-config",
     "libssl-dev",
+    "libclang-dev",
     "iproute2",
     "ethtool",
+    "gstreamer1.0-tools",
+    "gstreamer1.0-plugins-base",
+    "gstreamer1.0-plugins-good",
+    "gstreamer1.0-plugins-bad",
 ];
 /// Seconds each fuzz target runs in `ci`; `fuzz --seconds N` overrides.
 const CI_FUZZ_SECONDS: u64 = 30;
@@ -49,7 +56,9 @@ fn main() -> Result<()> {
         "fuzz" => {
             setup()?;
             let seconds = match rest {
-                [flag, n] if flag == "--seconds" => n.parse().context("--seconds takes a number")?,
+                [flag, n] if flag == "--seconds" => {
+                    n.parse().context("--seconds takes a number")?
+                }
                 [] => CI_FUZZ_SECONDS,
                 _ => bail!("usage: cargo xtask fuzz [--seconds N]"),
             };
@@ -135,8 +144,20 @@ fn setup() -> Result<()> {
     if components.lines().any(|l| l.starts_with("rust-src")) {
         println!("present");
     } else {
-        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
 
     step(&format!("set-up: bpf-linker {BPF_LINKER_VERSION}"));
@@ -266,7 +287,11 @@ fn fuzz(seconds: u64) -> Result<()> {
             .current_dir(root()),
     )
     .context("listing fuzz targets")?;
-    let targets: Vec<&str> = targets.lines().map(str::trim).filter(|t| !t.is_empty()).collect();
+    let targets: Vec<&str> = targets
+        .lines()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect();
     if targets.is_empty() {
         bail!("no fuzz targets found in {}", fuzz_dir.display());
     }
@@ -282,8 +307,15 @@ fn fuzz(seconds: u64) -> Result<()> {
             .args(["+nightly", "fuzz", "run", "--fuzz-dir"])
             .arg(&fuzz_dir)
             .arg(target)
-            .args(["--", &format!("-max_total_time={seconds}"), "-rss_limit_mb=2048"]))?;
-        report.push(format!("{target:<24} {:>5.0?} without a crash", started.elapsed()));
+            .args([
+                "--",
+                &format!("-max_total_time={seconds}"),
+                "-rss_limit_mb=2048",
+            ]))?;
+        report.push(format!(
+            "{target:<24} {:>5.0?} without a crash",
+            started.elapsed()
+        ));
     }
     println!("\nfuzz summary:");
     for line in &report {

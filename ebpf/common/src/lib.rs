@@ -3,6 +3,9 @@
 //! The XDP/TC programs (`switchboard-ebpf`, built for `bpfel-unknown-none`)
 //! and the userspace loader (`dataplane::xdp`) both use these `#[repr(C)]`
 //! types, so a layout change cannot silently split them.
+//!
+//! Conventions: addresses are 16 bytes in network byte order, IPv4 as
+//! v4-mapped IPv6 (`::ffff:a.b.c.d`); ports and ids are host byte order.
 #![no_std]
 
 /// Names of the maps in the BPF object, shared so the loader cannot misspell them.
@@ -11,70 +14,295 @@ pub mod map_names {
     pub const COUNTERS: &str = "SB_COUNTERS";
     /// Array of one [`crate::IngressConfig`].
     pub const INGRESS_CONFIG: &str = "SB_INGRESS_CONFIG";
+    /// Hash of the appliance's own media addresses: [`crate::Addr`] → `u8` (1).
+    pub const LOCAL_ADDRS: &str = "SB_LOCAL_ADDRS";
+    /// Hash of [`crate::FlowKey`] → [`crate::Flow`].
+    pub const FLOWS: &str = "SB_FLOWS";
+    /// Hash of [`crate::FlowKey`] → [`crate::Fanout`], for flows with several destinations.
+    pub const FANOUT: &str = "SB_FANOUT";
+    /// Hash of SSRC (`u32`) → [`crate::Stream`].
+    pub const STREAMS: &str = "SB_STREAMS";
+    /// Hash of room id (`u32`) → [`crate::RoomCap`].
+    pub const ROOM_CAPS: &str = "SB_ROOM_CAPS";
+    /// Device hash map (ifindex → ifindex) that `XDP_REDIRECT` goes through.
+    pub const EGRESS_DEVS: &str = "SB_EGRESS_DEVS";
 }
 
 /// Names of the programs in the BPF object.
 pub mod program_names {
-    /// The XDP ingress classifier.
+    /// The XDP ingress program: classify, filter, cap, relay to one destination.
     pub const XDP_INGRESS: &str = "switchboard_xdp";
+    /// The TC (clsact ingress) program that fans a relay flow out to several destinations.
+    pub const TC_FANOUT: &str = "switchboard_tc_fanout";
+    /// An XDP program that passes every frame. Native XDP on veth only delivers
+    /// `XDP_TX`/`XDP_REDIRECT` frames to a peer that runs an XDP program itself.
+    pub const XDP_PASS: &str = "switchboard_xdp_pass";
 }
 
-/// What the XDP classifier saw, per CPU. Every field is a packet count.
+/// Most destinations one relay flow can have (the TC clone loop's bound).
+pub const MAX_FANOUT: usize = 16;
+
+/// Number of AV1 Dependency Descriptor template ids (6 bits).
+pub const DD_TEMPLATES: usize = 64;
+
+/// Value in [`Stream::dd_temporal`] for a template id with no known temporal layer.
+/// Packets with such a template are never dropped by a temporal cap.
+pub const DD_TEMPORAL_UNKNOWN: u8 = 0xff;
+
+/// A 16-byte address (IPv6, or IPv4 as v4-mapped IPv6), network byte order.
+pub type Addr = [u8; 16];
+
+/// What the XDP and TC programs saw, per CPU. Every field is a packet count.
 ///
-/// Userspace sums the per-CPU copies; the program only ever increments.
+/// Every frame the XDP program sees is counted in `received` and in exactly
+/// one of the other XDP fields, so the disposition fields sum to `received`.
+/// `cloned` and `clone_failed` are per copy, counted by the TC program.
+/// Userspace sums the per-CPU copies; the programs only ever increment.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
-    /// Every frame the program was called for.
+    /// Every frame the XDP program was called for.
     pub received: u64,
-    /// Not IPv4/IPv6 UDP, or not to a media port: passed on untouched.
-    pub not_media: u64,
-    /// UDP to a media port whose first byte is STUN (RFC 7983: 0..=3).
+    /// Not UDP to one of the appliance's media addresses and ports: passed untouched.
+    pub not_ours: u64,
+    /// STUN (RFC 7983 first byte 0..=3): passed up.
     pub stun: u64,
-    /// UDP to a media port whose first byte is DTLS (RFC 7983: 20..=63).
+    /// DTLS (RFC 7983 first byte 20..=63): passed up.
     pub dtls: u64,
-    /// UDP to a media port whose first byte is RTP or RTCP (RFC 7983: 128..=191).
-    pub rtp_rtcp: u64,
-    /// UDP to a media port with any other first byte (TURN channel, QUIC, junk).
+    /// Any other first byte, or an empty datagram: passed up.
     pub other: u64,
-    /// Headers that lie or are cut short (bad IHL, UDP length past the frame, ...).
-    pub malformed: u64,
-    /// Packets dropped by the program.
-    pub dropped: u64,
+    /// Ours, but in a shape the fast path leaves to the kernel (IPv4 options,
+    /// fragments, IPv6 extension headers): passed up.
+    pub slow_path: u64,
+    /// RTP/RTCP of a known flow terminated in userspace (sfu leg): passed up.
+    pub to_userspace: u64,
+    /// RTP/RTCP of an unknown sender, passed up because the config says so.
+    pub unknown_passed: u64,
+    /// Malformed frames passed up because the config says so.
+    pub malformed_passed: u64,
+    /// Relay flows with several destinations, passed to the TC fan-out program.
+    pub to_fanout: u64,
+    /// Relayed with `XDP_TX` (egress leg on the ingress interface).
+    pub tx: u64,
+    /// Relayed with `XDP_REDIRECT` to another interface.
+    pub redirect: u64,
+    /// Dropped: RTP/RTCP from a sender with no flow.
+    pub drop_unknown_flow: u64,
+    /// Dropped: video above the room's layer cap.
+    pub drop_layer_cap: u64,
+    /// Dropped: headers that lie or are cut short.
+    pub drop_malformed: u64,
+    /// Dropped: TTL or hop limit would reach zero.
+    pub drop_ttl: u64,
+    /// Dropped: the egress interface is not in the redirect map.
+    pub drop_no_egress: u64,
+    /// Copies sent by the TC fan-out program (`bpf_clone_redirect`).
+    pub cloned: u64,
+    /// Copies the TC fan-out program failed to send.
+    pub clone_failed: u64,
 }
 
 impl Counters {
     /// Adds another CPU's copy into this one.
-    pub fn accumulate(&mut self, other: &Counters) {
-        self.received += other.received;
-        self.not_media += other.not_media;
-        self.stun += other.stun;
-        self.dtls += other.dtls;
-        self.rtp_rtcp += other.rtp_rtcp;
-        self.other += other.other;
-        self.malformed += other.malformed;
-        self.dropped += other.dropped;
+    pub fn accumulate(&mut self, o: &Counters) {
+        self.received += o.received;
+        self.not_ours += o.not_ours;
+        self.stun += o.stun;
+        self.dtls += o.dtls;
+        self.other += o.other;
+        self.slow_path += o.slow_path;
+        self.to_userspace += o.to_userspace;
+        self.unknown_passed += o.unknown_passed;
+        self.malformed_passed += o.malformed_passed;
+        self.to_fanout += o.to_fanout;
+        self.tx += o.tx;
+        self.redirect += o.redirect;
+        self.drop_unknown_flow += o.drop_unknown_flow;
+        self.drop_layer_cap += o.drop_layer_cap;
+        self.drop_malformed += o.drop_malformed;
+        self.drop_ttl += o.drop_ttl;
+        self.drop_no_egress += o.drop_no_egress;
+        self.cloned += o.cloned;
+        self.clone_failed += o.clone_failed;
+    }
+
+    /// Frames the XDP program passed up to the kernel (including those for TC fan-out).
+    pub fn passed(&self) -> u64 {
+        self.not_ours
+            + self.stun
+            + self.dtls
+            + self.other
+            + self.slow_path
+            + self.to_userspace
+            + self.unknown_passed
+            + self.malformed_passed
+            + self.to_fanout
+    }
+
+    /// Frames the XDP program forwarded itself.
+    pub fn forwarded(&self) -> u64 {
+        self.tx + self.redirect
+    }
+
+    /// Frames the XDP program dropped, all reasons.
+    pub fn dropped(&self) -> u64 {
+        self.drop_unknown_flow
+            + self.drop_layer_cap
+            + self.drop_malformed
+            + self.drop_ttl
+            + self.drop_no_egress
     }
 }
 
-/// Which UDP ports are media ports, and what to do with malformed frames.
+/// Which UDP ports are media ports, and the policy for frames that fail checks.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IngressConfig {
-    /// First media port (host byte order), inclusive.
+    /// First media port, inclusive.
     pub port_min: u16,
-    /// Last media port (host byte order), inclusive.
+    /// Last media port, inclusive.
     pub port_max: u16,
-    /// Non-zero: drop malformed frames addressed to a media port range; zero: pass them.
+    /// Non-zero: drop malformed frames addressed to a media address; zero: pass them up.
     pub drop_malformed: u8,
-    pub _pad: [u8; 3],
+    /// Non-zero: drop RTP/RTCP from senders with no flow; zero: pass them up.
+    pub drop_unknown: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Flow lookup key: who sent it (remote address and port) and to which of our ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// The sender's address (v4-mapped for IPv4).
+    pub remote_addr: Addr,
+    /// The sender's UDP port.
+    pub remote_port: u16,
+    /// The appliance's UDP port the packet was sent to.
+    pub local_port: u16,
+}
+
+/// [`Flow::action`]: the leg is terminated in userspace (sfu); pass the packet up.
+pub const FLOW_TO_USERSPACE: u8 = 0;
+/// [`Flow::action`]: relay the packet byte for byte to the flow's destinations.
+pub const FLOW_RELAY: u8 = 1;
+
+/// One destination of a relay flow: the egress leg's headers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayDest {
+    /// Source address on the egress leg (the appliance's, v4-mapped for IPv4).
+    pub local_addr: Addr,
+    /// The peer's address (same family as the flow's sender).
+    pub remote_addr: Addr,
+    /// Source UDP port on the egress leg.
+    pub local_port: u16,
+    /// The peer's UDP port.
+    pub remote_port: u16,
+    /// Egress interface index.
+    pub ifindex: u32,
+    /// Source MAC: the egress interface's own address.
+    pub src_mac: [u8; 6],
+    /// Destination MAC: the next hop's address (filled from the neighbour table).
+    pub dst_mac: [u8; 6],
+}
+
+/// Value of the flow map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    /// [`FLOW_TO_USERSPACE`] or [`FLOW_RELAY`].
+    pub action: u8,
+    /// Number of relay destinations: 1 uses `dest`; 2..=[`MAX_FANOUT`] use the fan-out map.
+    pub fanout: u8,
+    pub _pad: [u8; 2],
+    /// The destination when `fanout` is 1.
+    pub dest: RelayDest,
+}
+
+/// Value of the fan-out map: the destinations of a multi-destination relay flow.
+/// Only the first [`Flow::fanout`] entries are used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fanout {
+    pub dests: [RelayDest; MAX_FANOUT],
+}
+
+impl Default for Fanout {
+    fn default() -> Self {
+        Self {
+            dests: [RelayDest::default(); MAX_FANOUT],
+        }
+    }
+}
+
+/// [`Stream::kind`]: audio, never dropped by a cap.
+pub const KIND_AUDIO: u8 = 0;
+/// [`Stream::kind`]: video, subject to the room's cap.
+pub const KIND_VIDEO: u8 = 1;
+
+/// What the appliance knows about one RTP stream (by SSRC).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stream {
+    /// The room whose cap applies.
+    pub room: u32,
+    /// [`KIND_AUDIO`] or [`KIND_VIDEO`].
+    pub kind: u8,
+    /// Simulcast or spatial layer carried by this SSRC (0 = lowest).
+    pub spatial: u8,
+    /// RTP header extension id of the AV1 Dependency Descriptor; 0 = none.
+    pub dd_ext_id: u8,
+    pub _pad: u8,
+    /// Temporal layer per DD template id, or [`DD_TEMPORAL_UNKNOWN`].
+    pub dd_temporal: [u8; DD_TEMPLATES],
+}
+
+impl Default for Stream {
+    fn default() -> Self {
+        Self {
+            room: 0,
+            kind: KIND_AUDIO,
+            spatial: 0,
+            dd_ext_id: 0,
+            _pad: 0,
+            dd_temporal: [DD_TEMPORAL_UNKNOWN; DD_TEMPLATES],
+        }
+    }
+}
+
+/// A room's layer cap: video above it is dropped at ingress.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RoomCap {
+    /// Highest simulcast/spatial layer forwarded.
+    pub max_spatial: u8,
+    /// Highest temporal layer forwarded (read from the DD template id).
+    pub max_temporal: u8,
+    /// Non-zero: no video at all (the audio-only step of the overload ladder).
+    pub video_off: u8,
+    pub _pad: u8,
 }
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: plain `#[repr(C)]` integers with explicit padding fields; every bit
-    // pattern is valid.
+    // SAFETY (all): plain `#[repr(C)]` integers and byte arrays whose padding
+    // is explicit; every bit pattern is valid.
     unsafe impl aya::Pod for super::Counters {}
-    // SAFETY: as above.
     unsafe impl aya::Pod for super::IngressConfig {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::RelayDest {}
+    unsafe impl aya::Pod for super::Flow {}
+    unsafe impl aya::Pod for super::Fanout {}
+    unsafe impl aya::Pod for super::Stream {}
+    unsafe impl aya::Pod for super::RoomCap {}
 }
+
+// Layouts the programs and userspace both rely on; a change here is a map ABI change.
+const _: () = {
+    assert!(core::mem::size_of::<FlowKey>() == 20);
+    assert!(core::mem::size_of::<RelayDest>() == 52);
+    assert!(core::mem::size_of::<Flow>() == 56);
+    assert!(core::mem::size_of::<Stream>() == 72);
+    assert!(core::mem::size_of::<RoomCap>() == 4);
+    assert!(core::mem::size_of::<IngressConfig>() == 8);
+};
