@@ -52,6 +52,8 @@
 //! [`SrtpConfig::encrypt_rtcp`]), authentication cannot. Received SRTCP is
 //! decrypted or not as its authenticated E flag says.
 
+mod aes_ctr;
+mod hmac_sha1;
 mod kdf;
 mod profile;
 mod replay;
@@ -69,10 +71,7 @@ use crate::wire::WireError;
 use kdf::Kdf;
 use replay::{estimate_index, Window};
 use streams::{StreamTable, Which};
-use transform::{
-    cm_iv, ctr_apply, gcm_open, gcm_rtcp_iv, gcm_rtp_iv, gcm_seal, hmac_tag, hmac_verify,
-    Transform, GCM_TAG_LEN,
-};
+use transform::{cm_iv, gcm_open, gcm_rtcp_iv, gcm_rtp_iv, gcm_seal, Transform, GCM_TAG_LEN};
 
 /// Why a packet could not be protected or unprotected, or a context made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -314,13 +313,13 @@ impl SrtpContext {
         }
 
         let roc = (index >> 16) as u32;
-        match &self.rtp {
+        match &mut self.rtp {
             Transform::Cm { cipher, auth, salt } => {
                 if self.config.encrypt_rtp {
-                    ctr_apply(cipher, cm_iv(salt, ssrc, index), &mut buf[header_len..len])?;
+                    cipher.apply(cm_iv(salt, ssrc, index), &mut buf[header_len..len]);
                 }
                 let (data, tail) = buf.split_at_mut(len);
-                hmac_tag(auth, data, &roc.to_be_bytes(), &mut tail[..tag_len]);
+                auth.sign(data, &roc.to_be_bytes(), &mut tail[..tag_len])?;
             }
             Transform::Gcm { aead, salt } => {
                 let iv = gcm_rtp_iv(salt, ssrc, index);
@@ -361,12 +360,12 @@ impl SrtpContext {
         }
 
         let roc = (index >> 16) as u32;
-        match &self.rtp {
+        match &mut self.rtp {
             Transform::Cm { cipher, auth, salt } => {
                 let (data, tag) = buf.split_at(end);
-                hmac_verify(auth, data, &roc.to_be_bytes(), tag)?;
+                auth.verify(data, &roc.to_be_bytes(), tag)?;
                 if self.config.encrypt_rtp {
-                    ctr_apply(cipher, cm_iv(salt, ssrc, index), &mut buf[header_len..end])?;
+                    cipher.apply(cm_iv(salt, ssrc, index), &mut buf[header_len..end]);
                 }
             }
             Transform::Gcm { aead, salt } => {
@@ -413,19 +412,18 @@ impl SrtpContext {
         let encrypt = self.config.encrypt_rtcp;
         let word = (index | if encrypt { E_FLAG } else { 0 }).to_be_bytes();
 
-        match &self.rtcp {
+        match &mut self.rtcp {
             Transform::Cm { cipher, auth, salt } => {
                 // Layout (RFC 3711 §3.4): RTCP ‖ E+index ‖ tag.
                 if encrypt {
-                    ctr_apply(
-                        cipher,
+                    cipher.apply(
                         cm_iv(salt, ssrc, u64::from(index)),
                         &mut buf[RTCP_HEADER_LEN..len],
-                    )?;
+                    );
                 }
                 buf[len..len + 4].copy_from_slice(&word);
                 let (data, tail) = buf.split_at_mut(len + 4);
-                hmac_tag(auth, data, &[], &mut tail[..tag_len]);
+                auth.sign(data, &[], &mut tail[..tag_len])?;
             }
             Transform::Gcm { aead, salt } => {
                 // Layout (RFC 7714 §17): RTCP ‖ tag ‖ E+index.
@@ -483,16 +481,15 @@ impl SrtpContext {
             )?;
         }
 
-        match &self.rtcp {
+        match &mut self.rtcp {
             Transform::Cm { cipher, auth, salt } => {
                 let (data, tag) = buf.split_at(len - tag_len);
-                hmac_verify(auth, data, &[], tag)?;
+                auth.verify(data, &[], tag)?;
                 if encrypted {
-                    ctr_apply(
-                        cipher,
+                    cipher.apply(
                         cm_iv(salt, ssrc, u64::from(index)),
                         &mut buf[RTCP_HEADER_LEN..end],
-                    )?;
+                    );
                 }
             }
             Transform::Gcm { aead, salt } => {

@@ -614,32 +614,3 @@ proptest! {
         }
     }
 }
-
-#[test]
-#[ignore]
-fn zz_tmp_overhead_probe() {
-    use aws_lc_rs::hmac;
-    let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &[7u8; 20]);
-    let data = vec![3u8; 1216];
-    for (name, len) in [("0", 0usize), ("176", 176), ("1216", 1216)] {
-        let n = 200_000;
-        let t = std::time::Instant::now();
-        for _ in 0..n {
-            let mut ctx = hmac::Context::with_key(&key);
-            ctx.update(std::hint::black_box(&data[..len]));
-            std::hint::black_box(ctx.sign());
-        }
-        println!("hmac {name}: {:.1} ns", t.elapsed().as_nanos() as f64 / n as f64);
-    }
-    let ukey = aws_lc_rs::cipher::UnboundCipherKey::new(&aws_lc_rs::cipher::AES_128, &[1u8; 16]).unwrap();
-    let ck = aws_lc_rs::cipher::EncryptingKey::ctr(ukey).unwrap();
-    let mut buf = vec![0u8; 1200];
-    for len in [0usize, 160, 1200] {
-        let n = 200_000;
-        let t = std::time::Instant::now();
-        for i in 0..n {
-            super::transform::ctr_apply(&ck, [i as u8; 16], &mut buf[..len]).unwrap();
-        }
-        println!("ctr {len}: {:.1} ns", t.elapsed().as_nanos() as f64 / n as f64);
-    }
-}

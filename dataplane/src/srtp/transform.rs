@@ -3,16 +3,13 @@
 //!
 //! Nothing here allocates. The AES key schedules and the HMAC inner/outer
 //! pads are computed when the context is made; a packet costs an IV built on
-//! the stack, one AES-CTR or AES-GCM call over the payload and, for HMAC,
-//! one copy of the precomputed HMAC state (`hmac::Context::with_key` copies
-//! the key's flat `HMAC_CTX`; aws-lc keeps no heap pointers in it).
+//! the stack, one AES-CTR or AES-GCM call over the payload and, for HMAC, a
+//! restart of the keyed state ([`HmacSha1`]) and the hash itself.
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM};
-use aws_lc_rs::cipher::{EncryptingKey, EncryptionContext, UnboundCipherKey, AES_128, AES_256};
-use aws_lc_rs::constant_time::verify_slices_are_equal;
-use aws_lc_rs::hmac;
-use aws_lc_rs::iv::FixedLength;
 
+use super::aes_ctr::AesCtr;
+use super::hmac_sha1::HmacSha1;
 use super::kdf::SessionKeys;
 use super::profile::wipe;
 use super::SrtpError;
@@ -27,8 +24,8 @@ pub(crate) const GCM_TAG_LEN: usize = 16;
 pub(crate) enum Transform {
     /// AES-CM with an HMAC-SHA1 tag (truncated by the caller).
     Cm {
-        cipher: EncryptingKey,
-        auth: hmac::Key,
+        cipher: AesCtr,
+        auth: HmacSha1,
         salt: [u8; 14],
     },
     /// AES-GCM with a 16-byte tag.
@@ -37,16 +34,9 @@ pub(crate) enum Transform {
 
 impl Transform {
     pub(crate) fn cm(keys: &SessionKeys) -> Result<Self, SrtpError> {
-        let algorithm = if keys.enc_len == 32 {
-            &AES_256
-        } else {
-            &AES_128
-        };
-        let key = UnboundCipherKey::new(algorithm, &keys.enc[..keys.enc_len])
-            .map_err(|_| SrtpError::Crypto)?;
-        // CTR is its own inverse, so one encrypting key serves both ways.
-        let cipher = EncryptingKey::ctr(key).map_err(|_| SrtpError::Crypto)?;
-        let auth = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &keys.auth);
+        // CTR is its own inverse, so one key schedule serves both ways.
+        let cipher = AesCtr::new(&keys.enc[..keys.enc_len])?;
+        let auth = HmacSha1::new(&keys.auth)?;
         let mut salt = [0u8; 14];
         salt.copy_from_slice(&keys.salt[..14]);
         Ok(Self::Cm { cipher, auth, salt })
@@ -123,50 +113,6 @@ pub(crate) fn gcm_rtcp_iv(salt: &[u8; 12], ssrc: u32, index: u32) -> [u8; 12] {
     iv
 }
 
-/// XORs the AES-CM keystream for `iv` into `data`.
-#[inline]
-pub(crate) fn ctr_apply(
-    cipher: &EncryptingKey,
-    iv: [u8; 16],
-    data: &mut [u8],
-) -> Result<(), SrtpError> {
-    cipher
-        .less_safe_encrypt(data, EncryptionContext::Iv128(FixedLength::from(iv)))
-        .map(drop)
-        .map_err(|_| SrtpError::Crypto)
-}
-
-/// HMAC-SHA1 over `data ‖ trailer` (the ROC for SRTP, nothing for SRTCP),
-/// written to `out` truncated to `out.len()`.
-#[inline]
-pub(crate) fn hmac_tag(auth: &hmac::Key, data: &[u8], trailer: &[u8], out: &mut [u8]) {
-    let mut ctx = hmac::Context::with_key(auth);
-    ctx.update(data);
-    if !trailer.is_empty() {
-        ctx.update(trailer);
-    }
-    let tag = ctx.sign();
-    out.copy_from_slice(&tag.as_ref()[..out.len()]);
-}
-
-/// Checks the truncated HMAC-SHA1 `tag` over `data ‖ trailer` in constant time.
-#[inline]
-pub(crate) fn hmac_verify(
-    auth: &hmac::Key,
-    data: &[u8],
-    trailer: &[u8],
-    tag: &[u8],
-) -> Result<(), SrtpError> {
-    let mut ctx = hmac::Context::with_key(auth);
-    ctx.update(data);
-    if !trailer.is_empty() {
-        ctx.update(trailer);
-    }
-    let computed = ctx.sign();
-    verify_slices_are_equal(&computed.as_ref()[..tag.len()], tag)
-        .map_err(|_| SrtpError::AuthenticationFailed)
-}
-
 /// Seals `in_out` in place with `aad`, returning the tag.
 #[inline]
 pub(crate) fn gcm_seal(
@@ -214,16 +160,14 @@ mod tests {
     /// 2B7E…4F3C, salt F0F1…FCFD, SSRC 0, index 0, 0xFF02 blocks long.
     #[test]
     fn rfc3711_b2_keystream() {
-        let key =
-            UnboundCipherKey::new(&AES_128, &unhex("2B7E151628AED2A6ABF7158809CF4F3C")).unwrap();
-        let cipher = EncryptingKey::ctr(key).unwrap();
+        let cipher = AesCtr::new(&unhex("2B7E151628AED2A6ABF7158809CF4F3C")).unwrap();
         let mut salt = [0u8; 14];
         salt.copy_from_slice(&unhex("F0F1F2F3F4F5F6F7F8F9FAFBFCFD"));
         let iv = cm_iv(&salt, 0, 0);
         assert_eq!(iv.to_vec(), unhex("F0F1F2F3F4F5F6F7F8F9FAFBFCFD0000"));
 
         let mut keystream = vec![0u8; 0xFF02 * 16];
-        ctr_apply(&cipher, iv, &mut keystream).unwrap();
+        cipher.apply(iv, &mut keystream);
         let block = |n: usize| keystream[n * 16..n * 16 + 16].to_vec();
         // Counter F0F1F2F3F4F5F6F7F8F9FAFBFCFD0000, …0001, …0002.
         assert_eq!(block(0), unhex("E03EAD0935C95E80E166B16DD92B4EB4"));
