@@ -308,7 +308,7 @@ pub fn print(config: &DemoConfig, r: &SfuReport) {
         sub.video_seq_gaps, sub.audio_seq_gaps, r.rewriter_gaps_passed
     );
     println!(
-        "   media core: {} packets, {:.0} ns each = {:.0} kpps on one core (unprotect, select, rewrite, protect)",
+        "   media core: {} packets received, {:.0} ns each = {:.0} kpps on one core (every packet unprotected; forwarded ones rewritten and protected again)",
         r.core_packets, r.core_ns_per_packet, r.core_kpps
     );
 }
