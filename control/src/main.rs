@@ -20,9 +20,22 @@ struct Cli {
 enum Command {
     /// Run the media paths on an embedded default configuration and report.
     Demo(demo::DemoArgs),
+    /// Run the appliance: HTTP API, signaling, overload policy, audit log.
+    Run(RunArgs),
     /// Report this host's NICs and CPU for the fast path, and what to fix.
     /// Exits non-zero if XDP cannot run at all.
     Hw(HwArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// TOML configuration; keys it leaves out take the embedded defaults.
+    #[arg(long, short = 'c')]
+    config: Option<std::path::PathBuf>,
+    /// Print the embedded default configuration, with every key explained,
+    /// and exit.
+    #[arg(long)]
+    print_config: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -36,18 +49,60 @@ struct HwArgs {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
+    use tracing_subscriber::prelude::*;
+    let from_env = tracing_subscriber::EnvFilter::try_from_default_env().ok();
+    let env_set = from_env.is_some();
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(
+        from_env.unwrap_or_else(|| tracing_subscriber::EnvFilter::new("warn")),
+    );
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .init();
     let cli = Cli::parse();
     match cli.command {
         Command::Demo(args) => demo::run(&args),
+        Command::Run(args) => run(args, handle, env_set),
         Command::Hw(args) => hw(&args),
     }
+}
+
+fn run<S: 'static>(
+    args: RunArgs,
+    handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
+    env_set: bool,
+) -> Result<()> {
+    use switchboard_control::{config, media, server};
+    if args.print_config {
+        print!("{}", config::DEFAULT_TOML);
+        return Ok(());
+    }
+    let config = config::Config::load(args.config.as_deref())?;
+    let set_level = move |level: &str| -> Result<(), String> {
+        let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    };
+    // RUST_LOG, when set, wins over the file, on start and on SIGHUP.
+    let log: server::LogReload = if env_set {
+        Box::new(|_| Ok(()))
+    } else {
+        set_level(&config.log.level).map_err(anyhow::Error::msg)?;
+        Box::new(set_level)
+    };
+    // The media plane behind the API is the recording implementation until
+    // the SFU workers are driven from here; say so, so nobody expects media.
+    tracing::warn!(
+        "media workers are not attached to `switchboard run` in this release: \
+         consults, tokens, WHIP/WHEP negotiation, overload policy and audit work, \
+         but no media is forwarded"
+    );
+    let media: std::sync::Arc<dyn media::MediaPlane> =
+        std::sync::Arc::new(media::InMemoryMediaPlane::new());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(server::run(config, args.config, media, log))?;
+    Ok(())
 }
 
 fn hw(args: &HwArgs) -> Result<()> {

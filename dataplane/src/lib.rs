@@ -7,8 +7,11 @@
 
 pub mod layer;
 pub mod rewrite;
+pub mod sfu;
 pub mod srtp;
 pub mod wire;
+#[cfg(target_os = "linux")]
+pub mod worker;
 
 #[cfg(feature = "xdp")]
 pub mod xdp;

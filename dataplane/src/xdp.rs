@@ -9,8 +9,10 @@
 //! local addresses, relay flows, streams and room layer caps. Everything is
 //! detached when it is dropped. [`XdpPass`] puts an `XDP_PASS` program on an
 //! interface that must accept native `XDP_TX`/`XDP_REDIRECT` frames (a veth
-//! peer).
+//! peer). [`Reflector`], [`LiveGenerator`] and [`SinkCounter`] load the
+//! forwarding benchmark's baseline, traffic generator and sink.
 
+mod reflect;
 mod spec;
 
 use std::{collections::BTreeSet, net::IpAddr, time::Duration};
@@ -28,6 +30,7 @@ use switchboard_common::{
     Stream, MAX_FANOUT,
 };
 
+pub use reflect::{LiveGenerator, Reflector, SinkCounter, MAX_LIVE_BATCH, MIN_GENERATED_FRAME};
 pub use spec::{
     map_addr, unmap_addr, DependencyDescriptor, FlowAction, FlowMatch, LayerCap, RelayTarget,
     StreamKind, StreamSpec,
@@ -162,6 +165,9 @@ pub enum XdpError {
     /// Audio streams are never capped, so a Dependency Descriptor on one is a mistake.
     #[error("an audio stream cannot have a Dependency Descriptor")]
     DependencyDescriptorOnAudio,
+    /// A frame given to the benchmark generator has a shape it cannot send.
+    #[error("generator frame rejected: {0}")]
+    BadFrame(&'static str),
 }
 
 /// What one `BPF_PROG_TEST_RUN` returned.

@@ -516,3 +516,187 @@ pub fn tool_or_skip(tool: &str, package: &str) -> bool {
     eprintln!("skipping: {tool} not found (Debian package {package})");
     false
 }
+
+/// Synthetic SFU participants over real UDP: [`dataplane::sfu::peer::Peer`]s
+/// (real SRTP, their own keys) on sockets in their own namespaces, driven
+/// on one thread with a bounded schedule.
+pub mod sfu {
+    use std::net::{SocketAddr, UdpSocket};
+    use std::time::{Duration, Instant};
+
+    use anyhow::{Context, Result};
+    use dataplane::sfu::peer::Peer;
+
+    use super::Netns;
+
+    /// Most datagrams one peer reads per poll, so one busy socket cannot
+    /// starve the others.
+    const POLL_BUDGET: usize = 256;
+
+    /// A synthetic participant on a UDP socket.
+    pub struct UdpPeer {
+        /// The endpoint logic.
+        pub peer: Peer,
+        /// Its socket (non-blocking), bound in its namespace.
+        pub socket: UdpSocket,
+        /// The worker address it sends to.
+        pub server: SocketAddr,
+        /// Drop every n-th media datagram received (loss injected in the
+        /// receiver, where no `tc netem` is available).
+        pub drop_every: Option<u64>,
+        /// Media datagrams dropped by `drop_every`.
+        pub injected_losses: u64,
+        /// Datagrams received (before injected loss).
+        pub datagrams: u64,
+        media_seen: u64,
+    }
+
+    impl UdpPeer {
+        /// Binds `addr` inside `ns` and wraps `peer`.
+        pub fn bind(ns: &Netns, addr: SocketAddr, server: SocketAddr, peer: Peer) -> Result<Self> {
+            let socket = ns.run(move || -> Result<UdpSocket> {
+                let s = UdpSocket::bind(addr).with_context(|| format!("bind {addr}"))?;
+                s.set_nonblocking(true)?;
+                // One thread drives every peer: a deep receive buffer keeps
+                // a descheduled driver from turning into packet loss.
+                let size: libc::c_int = 4 << 20;
+                // SAFETY: a valid fd and a pointer to a c_int of that length.
+                unsafe {
+                    libc::setsockopt(
+                        std::os::fd::AsRawFd::as_raw_fd(&s),
+                        libc::SOL_SOCKET,
+                        libc::SO_RCVBUFFORCE,
+                        (&size as *const libc::c_int).cast(),
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+                Ok(s)
+            })?;
+            Ok(Self::with_socket(socket, server, peer))
+        }
+
+        /// Wraps an already bound socket (made non-blocking here).
+        pub fn with_socket(socket: UdpSocket, server: SocketAddr, peer: Peer) -> Self {
+            // A blocking socket would stall the one driving thread.
+            let _ = socket.set_nonblocking(true);
+            Self {
+                peer,
+                socket,
+                server,
+                drop_every: None,
+                injected_losses: 0,
+                datagrams: 0,
+                media_seen: 0,
+            }
+        }
+
+        /// The socket's address.
+        pub fn local_addr(&self) -> SocketAddr {
+            self.socket.local_addr().expect("bound socket")
+        }
+
+        /// Sends `bytes` to the worker; a full socket buffer is a loss.
+        pub fn send(&self, bytes: &[u8]) {
+            let _ = self.socket.send_to(bytes, self.server);
+        }
+
+        /// Reads what is waiting; returns how many datagrams.
+        pub fn poll(&mut self) -> usize {
+            let mut buf = [0u8; 2048];
+            let mut n = 0;
+            while n < POLL_BUDGET {
+                let Ok((len, _)) = self.socket.recv_from(&mut buf) else {
+                    break;
+                };
+                n += 1;
+                self.datagrams += 1;
+                let media = !dataplane::wire::demux::is_rtcp(&buf[..len]);
+                if media {
+                    self.media_seen += 1;
+                    if self
+                        .drop_every
+                        .is_some_and(|e| self.media_seen.is_multiple_of(e))
+                    {
+                        self.injected_losses += 1;
+                        continue;
+                    }
+                }
+                // Failures are counted in the peer's report.
+                let _ = self.peer.receive(&mut buf[..len]);
+            }
+            n
+        }
+
+        /// Sends one RTCP packet built by `build` into a scratch buffer.
+        pub fn send_rtcp(
+            &mut self,
+            build: impl FnOnce(&mut Peer, &mut [u8]) -> Option<usize>,
+        ) -> bool {
+            let mut buf = [0u8; 1500];
+            match build(&mut self.peer, &mut buf) {
+                Some(len) => {
+                    self.send(&buf[..len]);
+                    true
+                }
+                None => false,
+            }
+        }
+    }
+
+    /// Runs every peer's media for `duration` (audio every 20 ms, video at
+    /// the peers' frame rate), reading all sockets, and calls `tick` every
+    /// 10 ms with the elapsed time. Then keeps reading for `drain`.
+    pub fn drive(
+        peers: &mut [UdpPeer],
+        duration: Duration,
+        drain: Duration,
+        mut tick: impl FnMut(Duration, &mut [UdpPeer]),
+    ) -> Result<()> {
+        let start = Instant::now();
+        let fps = peers.first().map_or(30, |p| p.peer.config().fps.max(1));
+        let frame = Duration::from_secs(1) / fps;
+        let (mut next_audio, mut next_video, mut next_tick) =
+            (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        let mut buf = [0u8; 1500];
+        // Bounded in time and in iterations (1 ms sleeps at most).
+        let max_iterations = (duration + drain).as_millis() as u64 * 4 + 1000;
+        for _ in 0..max_iterations {
+            let t = start.elapsed();
+            if t >= duration + drain {
+                break;
+            }
+            if t < duration {
+                if t >= next_audio {
+                    for p in peers.iter_mut() {
+                        if p.peer.config().audio_ssrc.is_some() {
+                            let len = p.peer.audio_packet(t.as_micros() as u64, &mut buf)?;
+                            p.send(&buf[..len]);
+                        }
+                    }
+                    next_audio += Duration::from_millis(20);
+                }
+                if t >= next_video {
+                    for p in peers.iter_mut() {
+                        let (socket, server) = (&p.socket, p.server);
+                        p.peer.video_frame(t.as_micros() as u64, |_, bytes| {
+                            let _ = socket.send_to(bytes, server);
+                        })?;
+                    }
+                    next_video += frame;
+                }
+                if t >= next_tick {
+                    tick(t, peers);
+                    next_tick += Duration::from_millis(10);
+                }
+            }
+            let mut got = 0;
+            for p in peers.iter_mut() {
+                got += p.poll();
+            }
+            if got == 0 {
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        }
+        Ok(())
+    }
+}

@@ -20,8 +20,9 @@ const BPF_LINKER_VERSION: &str = "0.10.4";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Debian packages: C toolchain pieces for aws-lc and libsrtp (built from
 /// source against OpenSSL, bindings generated with libclang, for the
-/// benchmarks and interop tests), iproute2/ethtool for test hosts, and
-/// GStreamer as an independent SRTP peer over the relay.
+/// benchmarks and interop tests), iproute2/ethtool for test hosts,
+/// GStreamer as an independent SRTP peer over the relay, and rtpengine as the
+/// userspace relay the XDP benchmark is compared with.
 const DEBIAN_PACKAGES: &[&str] = &[
     "build-essential",
     "pkg-config",
@@ -33,6 +34,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "gstreamer1.0-plugins-base",
     "gstreamer1.0-plugins-good",
     "gstreamer1.0-plugins-bad",
+    "rtpengine-daemon",
 ];
 /// Seconds each fuzz target runs in `ci`; `fuzz --seconds N` overrides.
 const CI_FUZZ_SECONDS: u64 = 30;

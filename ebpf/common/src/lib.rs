@@ -26,6 +26,14 @@ pub mod map_names {
     pub const ROOM_CAPS: &str = "SB_ROOM_CAPS";
     /// Device hash map (ifindex → ifindex) that `XDP_REDIRECT` goes through.
     pub const EGRESS_DEVS: &str = "SB_EGRESS_DEVS";
+    /// Array of one [`crate::GenTemplate`]: the benchmark generator's frame headers.
+    pub const GEN_TEMPLATE: &str = "SB_GEN_TEMPLATE";
+    /// Per-CPU array of one `u64`: frames the benchmark generator has sent (its RTP sequence).
+    pub const GEN_SENT: &str = "SB_GEN_SENT";
+    /// Array of one [`crate::SinkConfig`]: which frames the benchmark counter takes.
+    pub const SINK_CONFIG: &str = "SB_SINK_CONFIG";
+    /// Per-CPU array of one [`crate::SinkCounters`].
+    pub const SINK_COUNTERS: &str = "SB_SINK_COUNTERS";
 }
 
 /// Names of the programs in the BPF object.
@@ -37,6 +45,17 @@ pub mod program_names {
     /// An XDP program that passes every frame. Native XDP on veth only delivers
     /// `XDP_TX`/`XDP_REDIRECT` frames to a peer that runs an XDP program itself.
     pub const XDP_PASS: &str = "switchboard_xdp_pass";
+    /// Benchmark baseline: swaps Ethernet, IP and UDP source and destination
+    /// and sends the frame back with `XDP_TX`; the least work an XDP
+    /// forwarder can do per frame.
+    pub const XDP_REFLECT: &str = "switchboard_reflect";
+    /// Benchmark traffic generator, run with `BPF_PROG_TEST_RUN` live frames:
+    /// restores the frame's headers from [`crate::GenTemplate`], stamps an
+    /// RTP sequence number and transmits with `XDP_TX`.
+    pub const XDP_BENCH_GEN: &str = "switchboard_bench_gen";
+    /// Benchmark sink: counts and drops the UDP frames [`crate::SinkConfig`]
+    /// selects, passes everything else.
+    pub const XDP_BENCH_COUNT: &str = "switchboard_bench_count";
 }
 
 /// Most destinations one relay flow can have (the TC clone loop's bound).
@@ -283,6 +302,54 @@ pub struct RoomCap {
     pub _pad: u8,
 }
 
+/// Bytes at the start of every generated frame that the generator rewrites
+/// before each transmission (Ethernet, IPv6 and UDP headers fit).
+pub const GEN_HEAD_LEN: usize = 64;
+
+/// The benchmark generator's frame headers. Live-frame test runs recycle
+/// their pages without restoring the data, so a frame the device under test
+/// rewrote would come back rewritten; the generator writes `head` over the
+/// first [`GEN_HEAD_LEN`] bytes of every frame it sends.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GenTemplate {
+    /// The first bytes of the frame as it must leave (RTP sequence number 0).
+    pub head: [u8; GEN_HEAD_LEN],
+    /// Non-zero: Ethernet + IPv6 + UDP; zero: Ethernet + IPv4 (no options) + UDP.
+    pub ipv6: u8,
+    pub _pad: [u8; 7],
+}
+
+impl Default for GenTemplate {
+    fn default() -> Self {
+        Self {
+            head: [0; GEN_HEAD_LEN],
+            ipv6: 0,
+            _pad: [0; 7],
+        }
+    }
+}
+
+/// Which frames the benchmark counter counts and drops: UDP (IPv4 or IPv6)
+/// to this destination port. Everything else is passed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SinkConfig {
+    /// UDP destination port, host byte order; 0 counts nothing.
+    pub udp_port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// What the benchmark counter took, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SinkCounters {
+    /// Frames counted and dropped.
+    pub packets: u64,
+    /// Their bytes, Ethernet header included.
+    pub bytes: u64,
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY (all): plain `#[repr(C)]` integers and byte arrays whose padding
@@ -295,6 +362,9 @@ mod user {
     unsafe impl aya::Pod for super::Fanout {}
     unsafe impl aya::Pod for super::Stream {}
     unsafe impl aya::Pod for super::RoomCap {}
+    unsafe impl aya::Pod for super::GenTemplate {}
+    unsafe impl aya::Pod for super::SinkConfig {}
+    unsafe impl aya::Pod for super::SinkCounters {}
 }
 
 // Layouts the programs and userspace both rely on; a change here is a map ABI change.
@@ -305,4 +375,7 @@ const _: () = {
     assert!(core::mem::size_of::<Stream>() == 72);
     assert!(core::mem::size_of::<RoomCap>() == 4);
     assert!(core::mem::size_of::<IngressConfig>() == 8);
+    assert!(core::mem::size_of::<GenTemplate>() == GEN_HEAD_LEN + 8);
+    assert!(core::mem::size_of::<SinkConfig>() == 8);
+    assert!(core::mem::size_of::<SinkCounters>() == 16);
 };

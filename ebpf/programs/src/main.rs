@@ -823,6 +823,9 @@ pub fn switchboard_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// The benchmark's reflector, traffic generator and sink.
+mod bench;
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -1,0 +1,1055 @@
+//! The HTTP API: consults, join tokens, WHIP/WHEP, admin, health, metrics.
+//!
+//! | route | auth | answers |
+//! |---|---|---|
+//! | `GET /healthz` | none | 200 |
+//! | `GET /readyz` | none | 200, 503 while draining |
+//! | `GET /metrics` | none | 200 Prometheus text |
+//! | `POST /v1/consults` | admin | 201, 400, 401, 503 (+Retry-After) at level 4 or draining |
+//! | `GET /v1/consults` | admin | 200, 401 |
+//! | `GET /v1/consults/{id}` | admin or join token of the consult | 200, 401, 403, 404 |
+//! | `DELETE /v1/consults/{id}` | admin or clinician | 200, 401, 403, 404 |
+//! | `POST /v1/consults/{id}/tokens` | admin | 201, 400, 401, 404 |
+//! | `POST /v1/consults/{id}/whip` | patient or clinician | 201 SDP answer, 400, 401, 403, 404, 415 |
+//! | `POST /v1/consults/{id}/whep` | any role | 201 SDP answer, 400, 401, 403, 404, 415 |
+//! | `DELETE /v1/legs/{id}` | the leg's participant or admin | 200, 401, 403, 404 |
+//! | `PATCH /v1/legs/{id}` | — | 405: no trickle ICE, no ICE restart |
+//! | `GET /v1/admin/overload` | admin | 200 |
+//! | `PUT /v1/admin/overload` | admin | 200, 400 |
+//! | `GET /v1/admin/stats` | admin | 200 |
+//!
+//! RFC 9725 §4.3.1: a WHIP session that supports neither trickle ICE nor ICE
+//! restarts answers PATCH with 405. This appliance is ICE-lite with public
+//! host candidates in its answer; the participant's candidates are learned
+//! from its checks, so trickled candidates carry nothing it needs, and an
+//! ICE restart is a new WHIP session.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::rand::SecureRandom;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{AuditEvent, AuditLog, EventKind};
+use crate::config::Config;
+use crate::drain::Drain;
+use crate::dtls::DtlsIdentity;
+use crate::media::{LegId, LegSetup, MediaPlane, RoomCap};
+use crate::metrics::ControlMetrics;
+use crate::overload::{admits_new_consults, Ladder, LadderConfig, LevelChange, Priority, VideoCap};
+use crate::sdp::{self, IceCredentials, LegDirection, LocalDescription, NegotiatedLeg};
+use crate::token::{self, Claims, Role, TokenError, TokenSigner};
+
+/// Settings SIGHUP may change.
+#[derive(Debug, Clone)]
+pub struct LiveSettings {
+    /// Join token lifetime.
+    pub token_lifetime_secs: u64,
+}
+
+/// A consult.
+#[derive(Debug, Clone, Serialize)]
+pub struct Consult {
+    /// Its id.
+    pub id: String,
+    /// Clinical priority.
+    pub priority: Priority,
+    /// Residency tag (jurisdiction the patient's data must stay in).
+    pub residency: String,
+    /// The region it runs in.
+    pub region: String,
+    /// Creation time.
+    pub created_at: String,
+    /// Open legs.
+    pub legs: Vec<LegId>,
+    /// The cap the overload policy applies now.
+    pub video_cap: VideoCap,
+    #[serde(skip)]
+    room: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Leg {
+    consult: String,
+    participant: String,
+    role: Role,
+    direction: LegDirection,
+    negotiated: NegotiatedLeg,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    consults: BTreeMap<String, Consult>,
+    legs: BTreeMap<LegId, Leg>,
+    next_room: u32,
+    next_leg: LegId,
+}
+
+/// Everything the handlers share.
+pub struct AppState {
+    config: Config,
+    live: Mutex<LiveSettings>,
+    signer: TokenSigner,
+    admin_token: String,
+    identity: DtlsIdentity,
+    media: Arc<dyn MediaPlane>,
+    /// The control plane's metrics.
+    pub metrics: ControlMetrics,
+    audit: AuditLog,
+    registry: Mutex<Registry>,
+    ladder: Mutex<Ladder>,
+    drain: Mutex<Drain>,
+    /// Woken when a consult ends (for the drain).
+    pub consult_ended: tokio::sync::Notify,
+    workers: u16,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+/// An API error as JSON: `{"error": code, "reason": text}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    reason: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+
+    fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no such {what}"),
+        )
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        if e.is_unauthenticated() {
+            Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string())
+        } else {
+            Self::new(StatusCode::FORBIDDEN, "forbidden", e.to_string())
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (
+            self.status,
+            Json(serde_json::json!({"error": self.code, "reason": self.reason})),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(s) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        r
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// Random string over the ICE character set (RFC 8839 ice-char).
+fn random_ice_chars(len: usize) -> String {
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bytes = vec![0u8; len];
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("system RNG");
+    bytes
+        .iter()
+        .map(|b| CHARS[usize::from(*b) % 64] as char)
+        .collect()
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut b)
+        .expect("system RNG");
+    u64::from_be_bytes(b)
+}
+
+fn random_id() -> String {
+    let mut b = [0u8; 16];
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut b)
+        .expect("system RNG");
+    hex::encode(b)
+}
+
+/// Checks that ids from clients are short and plain (they go into logs and
+/// tokens).
+fn valid_participant(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+impl AppState {
+    /// Builds the shared state.
+    pub fn new(
+        config: Config,
+        signer: TokenSigner,
+        admin_token: String,
+        identity: DtlsIdentity,
+        media: Arc<dyn MediaPlane>,
+        metrics: ControlMetrics,
+        audit: AuditLog,
+    ) -> Self {
+        let workers = if config.media.workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            config.media.workers
+        };
+        let ports = usize::from(config.media.port_max - config.media.port_min) + 1;
+        let workers = u16::try_from(workers.min(ports)).unwrap_or(u16::MAX).max(1);
+        Self {
+            live: Mutex::new(LiveSettings {
+                token_lifetime_secs: config.tokens.lifetime_secs,
+            }),
+            ladder: Mutex::new(Ladder::new(LadderConfig::from(&config.overload))),
+            drain: Mutex::new(Drain::new(Duration::from_secs(config.drain.timeout_secs))),
+            config,
+            signer,
+            admin_token,
+            identity,
+            media,
+            metrics,
+            audit,
+            registry: Mutex::new(Registry::default()),
+            consult_ended: tokio::sync::Notify::new(),
+            workers,
+        }
+    }
+
+    /// The configuration the state was built with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Applies what SIGHUP may change.
+    pub fn reload(&self, new: &Config) {
+        self.live.lock().expect("lock").token_lifetime_secs = new.tokens.lifetime_secs;
+        self.ladder
+            .lock()
+            .expect("lock")
+            .reconfigure(LadderConfig::from(&new.overload));
+    }
+
+    /// Open consults.
+    pub fn open_consults(&self) -> usize {
+        self.registry.lock().expect("lock").consults.len()
+    }
+
+    /// The drain state machine.
+    pub fn drain(&self) -> std::sync::MutexGuard<'_, Drain> {
+        self.drain.lock().expect("lock")
+    }
+
+    /// Starts draining at `now`.
+    pub fn begin_drain(&self, now: Instant) {
+        self.drain().begin(now);
+        self.metrics.draining.set(1.0);
+        tracing::warn!("draining: new consults refused, readyz reports 503");
+    }
+
+    /// Feeds a load sample to the ladder.
+    pub async fn observe_load(&self, now: Instant, sample: crate::overload::LoadSample) {
+        let change = {
+            let mut l = self.ladder.lock().expect("lock");
+            let c = l.observe(now, sample);
+            self.metrics.overload_load_percent.set(l.load_percent());
+            c
+        };
+        if let Some(c) = change {
+            self.level_changed(c).await;
+        }
+    }
+
+    async fn level_changed(&self, c: LevelChange) {
+        tracing::warn!(
+            from = c.from,
+            to = c.to,
+            reason = c.reason.as_str(),
+            load_percent = c.load_percent,
+            "overload level changed"
+        );
+        self.metrics
+            .overload_change(c.from, c.to, c.reason.as_str());
+        self.metrics.overload_level.set(f64::from(c.to));
+        self.apply_caps();
+        let mut e = AuditEvent::now(EventKind::OverloadLevel, &self.config.regions.name);
+        e.detail = Some(format!("{}->{} {}", c.from, c.to, c.reason.as_str()));
+        self.record(&e).await;
+    }
+
+    fn level(&self) -> u8 {
+        self.ladder.lock().expect("lock").level()
+    }
+
+    /// Recomputes every consult's cap and hands it to the media plane.
+    fn apply_caps(&self) {
+        let level = self.level();
+        let mut reg = self.registry.lock().expect("lock");
+        let Registry { consults, legs, .. } = &mut *reg;
+        for c in consults.values_mut() {
+            let video = VideoCap::for_level(level, c.priority);
+            let layers = c
+                .legs
+                .iter()
+                .filter_map(|l| legs.get(l))
+                .flat_map(|l| l.negotiated.media.iter().map(|m| m.rids.len()))
+                .max()
+                .unwrap_or(1)
+                .clamp(1, usize::from(u8::MAX)) as u8;
+            c.video_cap = video;
+            if let Err(e) = self.media.set_room_cap(c.room, RoomCap::new(video, layers)) {
+                tracing::error!(consult = %c.id, error = %e, "setting a room cap failed");
+            }
+        }
+    }
+
+    /// Writes an audit event; a failure is logged and counted but does not
+    /// fail the request: refusing care because the audit disk is full would
+    /// break the product's first rule.
+    async fn record(&self, event: &AuditEvent) {
+        if let Err(e) = self.audit.record(event).await {
+            tracing::error!(error = %e, "audit log write failed");
+            self.metrics
+                .registry
+                .counter(
+                    "switchboard_audit_failures_total",
+                    "Audit events that could not be written",
+                    &[],
+                )
+                .inc();
+        }
+    }
+
+    fn is_admin(&self, headers: &HeaderMap) -> bool {
+        token::bearer(auth_header(headers))
+            .is_ok_and(|t| token::admin_token_matches(&self.admin_token, t))
+    }
+
+    fn require_admin(&self, headers: &HeaderMap) -> ApiResult<()> {
+        let t = token::bearer(auth_header(headers))?;
+        if token::admin_token_matches(&self.admin_token, t) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "admin token required",
+            ))
+        }
+    }
+
+    fn require_join(
+        &self,
+        headers: &HeaderMap,
+        consult: &str,
+        roles: &[Role],
+    ) -> ApiResult<Claims> {
+        let t = token::bearer(auth_header(headers))?;
+        let claims = self.signer.verify(t, unix_now())?;
+        claims.authorize(consult, roles)?;
+        Ok(claims)
+    }
+
+    fn update_gauges(&self) {
+        let reg = self.registry.lock().expect("lock");
+        self.metrics.consults_open.set(reg.consults.len() as f64);
+        let publish = reg
+            .legs
+            .values()
+            .filter(|l| l.direction == LegDirection::Publish)
+            .count();
+        self.metrics.legs_publish.set(publish as f64);
+        self.metrics
+            .legs_subscribe
+            .set((reg.legs.len() - publish) as f64);
+    }
+}
+
+fn auth_header(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// The router over `state`.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.config.http.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/consults", post(create_consult).get(list_consults))
+        .route("/v1/consults/{id}", get(get_consult).delete(end_consult))
+        .route("/v1/consults/{id}/tokens", post(issue_token))
+        .route("/v1/consults/{id}/whip", post(whip))
+        .route("/v1/consults/{id}/whep", post(whep))
+        .route(
+            "/v1/legs/{id}",
+            axum::routing::delete(delete_leg).patch(patch_leg),
+        )
+        .route("/v1/admin/overload", get(get_overload).put(put_overload))
+        .route("/v1/admin/stats", get(stats))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(req).await;
+    state
+        .metrics
+        .http_request(&route, response.status().as_u16());
+    response
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let ready = state.drain().ready();
+    let body = Json(serde_json::json!({
+        "ready": ready,
+        "overload_level": state.level(),
+    }));
+    if ready {
+        (StatusCode::OK, body).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let m = state.media.stats();
+    let r = &state.metrics.registry;
+    r.gauge(
+        "switchboard_media_legs",
+        "Legs known to the media plane",
+        &[],
+    )
+    .set(m.legs as f64);
+    r.gauge(
+        "switchboard_media_active_legs",
+        "Legs with keys and a nominated 5-tuple",
+        &[],
+    )
+    .set(m.active_legs as f64);
+    r.gauge("switchboard_media_egress_bps", "Media egress, bit/s", &[])
+        .set(m.egress_bps as f64);
+    r.gauge("switchboard_media_ingress_bps", "Media ingress, bit/s", &[])
+        .set(m.ingress_bps as f64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        r.render(),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateConsult {
+    priority: Priority,
+    residency: String,
+}
+
+async fn create_consult(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    state.require_admin(&headers)?;
+    let req: CreateConsult = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+    let residency_ok = !req.residency.is_empty()
+        && req.residency.len() <= 32
+        && req
+            .residency
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !residency_ok {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "residency must be 1-32 letters, digits, '-' or '_'",
+        ));
+    }
+    let level = state.level();
+    let draining = !state.drain().admits_new_consults();
+    if draining || !admits_new_consults(level) {
+        let mut e = AuditEvent::now(EventKind::ConsultRefused, &state.config.regions.name);
+        e.remote = Some(peer.to_string());
+        e.detail = Some(if draining {
+            "draining".into()
+        } else {
+            format!("overload level {level}")
+        });
+        state.record(&e).await;
+        let mut err = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            if draining { "draining" } else { "overloaded" },
+            "this appliance admits no new consults now; existing consults continue",
+        );
+        err.retry_after = Some(state.config.overload.retry_after_secs);
+        return Err(err);
+    }
+    let consult = {
+        let mut reg = state.registry.lock().expect("lock");
+        reg.next_room = reg.next_room.wrapping_add(1);
+        let c = Consult {
+            id: random_id(),
+            priority: req.priority,
+            residency: req.residency,
+            region: state.config.regions.name.clone(),
+            created_at: crate::audit::rfc3339_utc(SystemTime::now()),
+            legs: Vec::new(),
+            video_cap: VideoCap::for_level(level, req.priority),
+            room: reg.next_room,
+        };
+        reg.consults.insert(c.id.clone(), c.clone());
+        c
+    };
+    state.apply_caps();
+    state.update_gauges();
+    let mut e = AuditEvent::now(EventKind::ConsultCreated, &state.config.regions.name);
+    e.consult = Some(consult.id.clone());
+    e.remote = Some(peer.to_string());
+    e.detail = Some(format!(
+        "priority={} residency={}",
+        consult.priority.as_str(),
+        consult.residency
+    ));
+    state.record(&e).await;
+    tracing::info!(consult = %consult.id, priority = consult.priority.as_str(), "consult created");
+    Ok((StatusCode::CREATED, Json(consult)).into_response())
+}
+
+async fn list_consults(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<Consult>>> {
+    state.require_admin(&headers)?;
+    let reg = state.registry.lock().expect("lock");
+    Ok(Json(reg.consults.values().cloned().collect()))
+}
+
+async fn get_consult(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Consult>> {
+    if !state.is_admin(&headers) {
+        state.require_join(
+            &headers,
+            &id,
+            &[Role::Patient, Role::Clinician, Role::Observer],
+        )?;
+    }
+    let reg = state.registry.lock().expect("lock");
+    reg.consults
+        .get(&id)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("consult"))
+}
+
+async fn end_consult(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
+    let who = if state.is_admin(&headers) {
+        None
+    } else {
+        Some(state.require_join(&headers, &id, &[Role::Clinician])?)
+    };
+    let (consult, legs) = {
+        let mut reg = state.registry.lock().expect("lock");
+        let c = reg
+            .consults
+            .remove(&id)
+            .ok_or_else(|| ApiError::not_found("consult"))?;
+        let legs: Vec<LegId> = c.legs.clone();
+        for l in &legs {
+            reg.legs.remove(l);
+        }
+        (c, legs)
+    };
+    for l in &legs {
+        if let Err(e) = state.media.remove_leg(*l) {
+            tracing::warn!(leg = l, error = %e, "media plane did not remove a leg");
+        }
+    }
+    state.update_gauges();
+    let mut e = AuditEvent::now(EventKind::ConsultEnded, &state.config.regions.name);
+    e.consult = Some(consult.id.clone());
+    e.remote = Some(peer.to_string());
+    if let Some(c) = who {
+        e.participant = Some(c.participant);
+        e.role = Some(c.role);
+    }
+    state.record(&e).await;
+    state.consult_ended.notify_waiters();
+    tracing::info!(consult = %consult.id, legs = legs.len(), "consult ended");
+    Ok(Json(
+        serde_json::json!({"id": consult.id, "ended": true, "legs_removed": legs.len()}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueToken {
+    participant: String,
+    role: Role,
+}
+
+async fn issue_token(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    state.require_admin(&headers)?;
+    let req: IssueToken = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+    if !valid_participant(&req.participant) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "participant must be 1-64 letters, digits, '-', '_' or '.'",
+        ));
+    }
+    if !state
+        .registry
+        .lock()
+        .expect("lock")
+        .consults
+        .contains_key(&id)
+    {
+        return Err(ApiError::not_found("consult"));
+    }
+    let lifetime = state.live.lock().expect("lock").token_lifetime_secs;
+    let claims = Claims::new(&id, &req.participant, req.role, unix_now(), lifetime);
+    let token = state.signer.issue(&claims);
+    let mut e = AuditEvent::now(EventKind::TokenIssued, &state.config.regions.name);
+    e.consult = Some(id);
+    e.participant = Some(claims.participant.clone());
+    e.role = Some(claims.role);
+    e.remote = Some(peer.to_string());
+    state.record(&e).await;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({"token": token, "expires_at": claims.exp})),
+    )
+        .into_response())
+}
+
+async fn whip(
+    state: State<Arc<AppState>>,
+    peer: ConnectInfo<SocketAddr>,
+    id: Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    signal(state, peer, id, headers, body, LegDirection::Publish).await
+}
+
+async fn whep(
+    state: State<Arc<AppState>>,
+    peer: ConnectInfo<SocketAddr>,
+    id: Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    signal(state, peer, id, headers, body, LegDirection::Subscribe).await
+}
+
+async fn signal(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+    direction: LegDirection,
+) -> ApiResult<Response> {
+    let roles: &[Role] = match direction {
+        LegDirection::Publish => &[Role::Patient, Role::Clinician],
+        LegDirection::Subscribe => &[Role::Patient, Role::Clinician, Role::Observer],
+    };
+    let claims = state.require_join(&headers, &id, roles)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/sdp"))
+    {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the offer must be sent as application/sdp",
+        ));
+    }
+    let room = state
+        .registry
+        .lock()
+        .expect("lock")
+        .consults
+        .get(&id)
+        .map(|c| c.room)
+        .ok_or_else(|| ApiError::not_found("consult"))?;
+    let offer = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_sdp", "the offer is not UTF-8"))?;
+    // The room's worker owns one port; every leg of the room uses it.
+    let port = state.config.media.port_min + (room % u32::from(state.workers)) as u16;
+    let local_addr = SocketAddr::new(state.config.media.advertised_addresses[0], port);
+    let local = LocalDescription {
+        ice: IceCredentials {
+            ufrag: random_ice_chars(8),
+            pwd: random_ice_chars(24),
+        },
+        fingerprint_sha256: state.identity.fingerprint_sdp(),
+        candidates: state
+            .config
+            .media
+            .advertised_addresses
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, port))
+            .collect(),
+        session_id: random_u64() >> 1,
+        cname: random_ice_chars(16).replace(['+', '/'], "x"),
+    };
+    let mut next_ssrc = || loop {
+        let v = random_u64() as u32;
+        if v != 0 {
+            break v;
+        }
+    };
+    let answer = sdp::answer(offer, direction, &local, &mut next_ssrc).map_err(|e| {
+        state
+            .metrics
+            .registry
+            .counter("switchboard_sdp_rejected_total", "SDP offers rejected", &[])
+            .inc();
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_sdp", e.to_string())
+    })?;
+    let (leg_id, publishers, subscribers) = {
+        let mut reg = state.registry.lock().expect("lock");
+        if !reg.consults.contains_key(&id) {
+            return Err(ApiError::not_found("consult"));
+        }
+        reg.next_leg += 1;
+        let leg_id = reg.next_leg;
+        let others: Vec<(LegId, &Leg)> = reg
+            .consults
+            .get(&id)
+            .map(|c| {
+                c.legs
+                    .iter()
+                    .filter_map(|l| reg.legs.get(l).map(|x| (*l, x)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Nobody receives their own media back.
+        let publishers: Vec<LegId> = others
+            .iter()
+            .filter(|(_, l)| {
+                l.direction == LegDirection::Publish && l.participant != claims.participant
+            })
+            .map(|(i, _)| *i)
+            .collect();
+        let subscribers: Vec<LegId> = others
+            .iter()
+            .filter(|(_, l)| {
+                l.direction == LegDirection::Subscribe && l.participant != claims.participant
+            })
+            .map(|(i, _)| *i)
+            .collect();
+        reg.legs.insert(
+            leg_id,
+            Leg {
+                consult: id.clone(),
+                participant: claims.participant.clone(),
+                role: claims.role,
+                direction,
+                negotiated: answer.leg.clone(),
+            },
+        );
+        if let Some(c) = reg.consults.get_mut(&id) {
+            c.legs.push(leg_id);
+        }
+        (leg_id, publishers, subscribers)
+    };
+    let setup = LegSetup {
+        leg: leg_id,
+        room,
+        local: local_addr,
+        negotiated: answer.leg.clone(),
+    };
+    if let Err(e) = state.media.add_leg(setup) {
+        let mut reg = state.registry.lock().expect("lock");
+        reg.legs.remove(&leg_id);
+        if let Some(c) = reg.consults.get_mut(&id) {
+            c.legs.retain(|l| *l != leg_id);
+        }
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "media_unavailable",
+            e.to_string(),
+        ));
+    }
+    let pairs: Vec<(LegId, LegId)> = match direction {
+        LegDirection::Publish => subscribers.iter().map(|s| (*s, leg_id)).collect(),
+        LegDirection::Subscribe => publishers.iter().map(|p| (leg_id, *p)).collect(),
+    };
+    for (s, p) in pairs {
+        if let Err(e) = state.media.subscribe(s, p) {
+            tracing::warn!(subscriber = s, publisher = p, error = %e, "subscribe failed");
+        }
+    }
+    state.apply_caps();
+    state.update_gauges();
+    let mut e = AuditEvent::now(
+        match direction {
+            LegDirection::Publish => EventKind::LegPublish,
+            LegDirection::Subscribe => EventKind::LegSubscribe,
+        },
+        &state.config.regions.name,
+    );
+    e.consult = Some(id.clone());
+    e.participant = Some(claims.participant.clone());
+    e.role = Some(claims.role);
+    e.leg = Some(leg_id.to_string());
+    e.remote = Some(peer.to_string());
+    state.record(&e).await;
+    tracing::info!(consult = %id, leg = leg_id, ?direction, "leg signaled");
+    let location = format!("/v1/legs/{leg_id}");
+    let etag = format!("\"{leg_id}-{}\"", local.ice.ufrag);
+    Ok((
+        StatusCode::CREATED,
+        [
+            (header::CONTENT_TYPE, "application/sdp".to_owned()),
+            (header::LOCATION, location),
+            (header::ETAG, etag),
+        ],
+        answer.sdp,
+    )
+        .into_response())
+}
+
+async fn delete_leg(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<LegId>,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
+    let admin = state.is_admin(&headers);
+    let t = if admin {
+        None
+    } else {
+        Some(token::bearer(auth_header(&headers)).map(str::to_owned)?)
+    };
+    let leg = {
+        let reg = state.registry.lock().expect("lock");
+        reg.legs.get(&id).cloned()
+    };
+    let claims = match t {
+        Some(t) => {
+            let claims = state.signer.verify(&t, unix_now())?;
+            let Some(leg) = &leg else {
+                return Err(ApiError::not_found("leg"));
+            };
+            claims.authorize(&leg.consult, &[leg.role])?;
+            if claims.participant != leg.participant {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "the leg belongs to another participant",
+                ));
+            }
+            Some(claims)
+        }
+        None => None,
+    };
+    let leg = leg.ok_or_else(|| ApiError::not_found("leg"))?;
+    {
+        let mut reg = state.registry.lock().expect("lock");
+        reg.legs.remove(&id);
+        if let Some(c) = reg.consults.get_mut(&leg.consult) {
+            c.legs.retain(|l| *l != id);
+        }
+    }
+    if let Err(e) = state.media.remove_leg(id) {
+        tracing::warn!(leg = id, error = %e, "media plane did not remove a leg");
+    }
+    state.update_gauges();
+    let mut e = AuditEvent::now(EventKind::LegEnded, &state.config.regions.name);
+    e.consult = Some(leg.consult.clone());
+    e.participant = Some(claims.map_or(leg.participant.clone(), |c| c.participant));
+    e.role = Some(leg.role);
+    e.leg = Some(id.to_string());
+    e.remote = Some(peer.to_string());
+    state.record(&e).await;
+    Ok(StatusCode::OK)
+}
+
+async fn patch_leg() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, "DELETE")],
+        Json(serde_json::json!({
+            "error": "method_not_allowed",
+            "reason": "ICE-lite endpoint: trickle ICE and ICE restart are not supported; \
+                       start a new session to restart"
+        })),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Serialize)]
+struct OverloadView {
+    level: u8,
+    measured_level: u8,
+    forced: Option<u8>,
+    load_percent: f64,
+    admits_new_consults: bool,
+    consults: BTreeMap<String, VideoCap>,
+}
+
+fn overload_view(state: &AppState) -> OverloadView {
+    let (level, measured_level, forced, load_percent) = {
+        let l = state.ladder.lock().expect("lock");
+        (l.level(), l.measured_level(), l.forced(), l.load_percent())
+    };
+    let consults = state
+        .registry
+        .lock()
+        .expect("lock")
+        .consults
+        .values()
+        .map(|c| (c.id.clone(), c.video_cap))
+        .collect();
+    OverloadView {
+        level,
+        measured_level,
+        forced,
+        load_percent,
+        admits_new_consults: admits_new_consults(level),
+        consults,
+    }
+}
+
+async fn get_overload(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<OverloadView>> {
+    state.require_admin(&headers)?;
+    Ok(Json(overload_view(&state)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForceLevel {
+    /// 0..=4, or null to return to the measured level.
+    level: Option<u8>,
+}
+
+async fn put_overload(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<OverloadView>> {
+    state.require_admin(&headers)?;
+    let req: ForceLevel = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+    let change = state
+        .ladder
+        .lock()
+        .expect("lock")
+        .force(req.level)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+    if let Some(c) = change {
+        state.level_changed(c).await;
+    }
+    Ok(Json(overload_view(&state)))
+}
+
+async fn stats(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
+    state.require_admin(&headers)?;
+    let media = state.media.stats();
+    let (consults, legs) = {
+        let reg = state.registry.lock().expect("lock");
+        (reg.consults.len(), reg.legs.len())
+    };
+    Ok(Json(serde_json::json!({
+        "region": state.config.regions.name,
+        "consults": consults,
+        "legs": legs,
+        "overload_level": state.level(),
+        "draining": !state.drain().ready(),
+        "media": media,
+        "dtls_fingerprint": state.identity.fingerprint_sdp(),
+    })))
+}

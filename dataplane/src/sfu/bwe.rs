@@ -1,0 +1,327 @@
+//! The bandwidth estimate towards a subscriber, and transport-cc feedback
+//! towards publishers.
+//!
+//! # Estimator (towards subscribers)
+//!
+//! Two inputs, and the estimate is the smaller of those heard in the last
+//! [`ESTIMATE_TTL`]:
+//!
+//! * **REMB**: the receiver's own estimate, taken as it is.
+//! * **transport-cc**: the appliance stamps every packet it sends to the
+//!   subscriber with its own transport-wide sequence number and remembers
+//!   size and send time. Each feedback message gives the fraction lost and,
+//!   from the arrival times, the rate actually delivered. The estimate then
+//!   follows the loss-based rule of Google Congestion Control (the part of
+//!   it that needs no delay filter): above 10 % loss it is cut to
+//!   `estimate × (1 − loss/2)`, and never below nothing of what was just
+//!   delivered; under 2 % loss it grows by 5 % per feedback (about every
+//!   100 ms); in between it holds. The first feedback starts it at twice the
+//!   delivered rate.
+//!
+//! That is deliberately simple: it reacts to loss, not to queueing delay, so
+//! it downgrades a subscriber only once its link drops packets. It is enough
+//! to drive the layer selector's hysteresis; a delay-based controller can
+//! replace [`TwccEstimator`] without changing its callers.
+
+use std::time::{Duration, Instant};
+
+use crate::wire::rtcp::{TransportCc, TwccPacket, TWCC_DELTA_TICK_US, TWCC_REFERENCE_TICK_US};
+
+/// How long an input counts after it was last heard.
+pub const ESTIMATE_TTL: Duration = Duration::from_secs(5);
+/// Estimates are kept within this range (bit/s).
+const MIN_ESTIMATE: u64 = 30_000;
+const MAX_ESTIMATE: u64 = 100_000_000;
+/// Packets whose send record is kept, a power of two.
+const HISTORY_LEN: usize = 4096;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Sent {
+    seq: u16,
+    size: u16,
+    valid: bool,
+}
+
+/// Send-side transport-cc state and loss-based estimate for one subscriber.
+#[derive(Debug)]
+pub struct TwccEstimator {
+    next_seq: u16,
+    history: Box<[Sent]>,
+    estimate: Option<u64>,
+    heard: Option<Instant>,
+}
+
+impl Default for TwccEstimator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TwccEstimator {
+    /// Fresh state.
+    pub fn new() -> Self {
+        Self {
+            next_seq: 0,
+            history: vec![Sent::default(); HISTORY_LEN].into_boxed_slice(),
+            estimate: None,
+            heard: None,
+        }
+    }
+
+    /// The transport-wide sequence number for a packet of `size` bytes about
+    /// to be sent.
+    pub fn on_send(&mut self, size: usize) -> u16 {
+        let seq = self.next_seq;
+        self.next_seq = seq.wrapping_add(1);
+        self.history[usize::from(seq) % HISTORY_LEN] = Sent {
+            seq,
+            size: size.min(usize::from(u16::MAX)) as u16,
+            valid: true,
+        };
+        seq
+    }
+
+    /// Consumes one feedback message.
+    pub fn on_feedback<T: AsRef<[u8]>>(&mut self, fb: &TransportCc<T>, now: Instant) {
+        let mut received = 0u32;
+        let mut lost = 0u32;
+        let mut bytes = 0u64;
+        let mut arrival = fb.reference_time_us();
+        let mut first_arrival: Option<i64> = None;
+        let mut last_arrival = arrival;
+        for TwccPacket { seq, delta_us } in fb.packets() {
+            let sent = self.history[usize::from(seq) % HISTORY_LEN];
+            if !sent.valid || sent.seq != seq {
+                continue;
+            }
+            match delta_us {
+                Some(delta) => {
+                    arrival += i64::from(delta);
+                    received += 1;
+                    // The first packet's bytes arrived before the span starts.
+                    if first_arrival.is_none() {
+                        first_arrival = Some(arrival);
+                    } else {
+                        bytes += u64::from(sent.size);
+                    }
+                    last_arrival = arrival;
+                }
+                None => lost += 1,
+            }
+        }
+        let total = received + lost;
+        if total == 0 {
+            return;
+        }
+        let loss = f64::from(lost) / f64::from(total);
+        let span_us = first_arrival.map_or(0, |first| last_arrival - first);
+        let delivered = (span_us >= i64::from(TWCC_DELTA_TICK_US) * 40)
+            .then(|| bytes * 8 * 1_000_000 / span_us as u64);
+        let next = match (self.estimate, delivered) {
+            (None, Some(d)) => d * 2,
+            (None, None) => return,
+            (Some(est), d) => {
+                if loss > 0.10 {
+                    let cut = (est as f64 * (1.0 - loss / 2.0)) as u64;
+                    d.map_or(cut, |d| cut.max(d.min(est)))
+                } else if loss < 0.02 {
+                    est + est / 20
+                } else {
+                    est
+                }
+            }
+        };
+        self.estimate = Some(next.clamp(MIN_ESTIMATE, MAX_ESTIMATE));
+        self.heard = Some(now);
+    }
+
+    /// The estimate, if feedback was heard within [`ESTIMATE_TTL`].
+    pub fn estimate(&self, now: Instant) -> Option<u64> {
+        let heard = self.heard?;
+        (now.saturating_duration_since(heard) < ESTIMATE_TTL)
+            .then_some(self.estimate)
+            .flatten()
+    }
+}
+
+/// Packets whose arrival a [`TwccRecorder`] keeps, a power of two.
+const RECORD_LEN: usize = 2048;
+/// Most packets one feedback message describes.
+pub const MAX_FEEDBACK_PACKETS: usize = 512;
+
+/// Receive-side transport-cc: arrival times of a publisher's packets, and
+/// the feedback messages that report them.
+#[derive(Debug)]
+pub struct TwccRecorder {
+    epoch: Instant,
+    /// Arrival in µs since `epoch`, or -1, by extended sequence number.
+    arrivals: Box<[(u64, i64)]>,
+    highest: Option<u64>,
+    /// First extended sequence number not yet reported.
+    next_report: u64,
+    fb_count: u8,
+    scratch: Vec<TwccPacket>,
+}
+
+impl TwccRecorder {
+    /// A recorder whose clock starts at `epoch`.
+    pub fn new(epoch: Instant) -> Self {
+        Self {
+            epoch,
+            arrivals: vec![(u64::MAX, -1); RECORD_LEN].into_boxed_slice(),
+            highest: None,
+            next_report: 0,
+            fb_count: 0,
+            scratch: Vec::with_capacity(MAX_FEEDBACK_PACKETS),
+        }
+    }
+
+    /// Records the arrival of transport-wide sequence number `seq`.
+    pub fn on_packet(&mut self, seq: u16, now: Instant) {
+        let ext = match self.highest {
+            None => {
+                self.next_report = u64::from(seq) + (1 << 16);
+                u64::from(seq) + (1 << 16)
+            }
+            Some(h) => crate::wire::rtp::extend_sequence(h, seq),
+        };
+        if self.highest.is_none_or(|h| ext > h) {
+            self.highest = Some(ext);
+        }
+        let at = now.saturating_duration_since(self.epoch).as_micros() as i64;
+        self.arrivals[(ext as usize) % RECORD_LEN] = (ext, at);
+    }
+
+    /// Builds feedback for everything received since the last feedback into
+    /// `out`; returns its length, or `None` if there is nothing to report.
+    pub fn build_feedback(
+        &mut self,
+        sender_ssrc: u32,
+        media_ssrc: u32,
+        out: &mut [u8],
+    ) -> Option<usize> {
+        let highest = self.highest?;
+        if highest < self.next_report {
+            return None;
+        }
+        // Skip what fell out of the record (or is too much for one message).
+        let first = self
+            .next_report
+            .max((highest + 1).saturating_sub(MAX_FEEDBACK_PACKETS as u64))
+            .max((highest + 1).saturating_sub(RECORD_LEN as u64));
+        // The report must start with a received packet: its arrival sets
+        // the reference time.
+        let mut start = first;
+        while start <= highest && self.arrival(start).is_none() {
+            start += 1;
+        }
+        let reference_at = self.arrival(start)?;
+        let reference = reference_at.div_euclid(TWCC_REFERENCE_TICK_US);
+        let tick = i64::from(TWCC_DELTA_TICK_US);
+        let mut prev_ticks = reference * TWCC_REFERENCE_TICK_US / tick;
+        self.scratch.clear();
+        for ext in start..=highest {
+            let delta_us = self.arrival(ext).map(|at| {
+                let ticks = at / tick;
+                let delta = (ticks - prev_ticks).clamp(i64::from(i16::MIN), i64::from(i16::MAX));
+                prev_ticks += delta;
+                (delta * tick) as i32
+            });
+            self.scratch.push(TwccPacket {
+                seq: ext as u16,
+                delta_us,
+            });
+        }
+        let reference = (reference & 0x7f_ffff) as i32;
+        let len = crate::wire::rtcp::build_transport_cc(
+            sender_ssrc,
+            media_ssrc,
+            reference,
+            self.fb_count,
+            &self.scratch,
+            out,
+        )
+        .ok()?;
+        self.fb_count = self.fb_count.wrapping_add(1);
+        self.next_report = highest + 1;
+        Some(len)
+    }
+
+    fn arrival(&self, ext: u64) -> Option<i64> {
+        let (seq, at) = self.arrivals[(ext as usize) % RECORD_LEN];
+        (seq == ext && at >= 0).then_some(at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feedback(rec: &mut TwccRecorder) -> Vec<u8> {
+        let mut buf = vec![0u8; 1500];
+        let len = rec.build_feedback(1, 2, &mut buf).expect("feedback");
+        buf.truncate(len);
+        buf
+    }
+
+    #[test]
+    fn recorder_reports_arrivals_and_losses() {
+        let t0 = Instant::now();
+        let mut rec = TwccRecorder::new(t0);
+        for (seq, ms) in [(100u16, 10u64), (101, 12), (103, 20)] {
+            rec.on_packet(seq, t0 + Duration::from_millis(ms));
+        }
+        let buf = feedback(&mut rec);
+        let fb = TransportCc::new_checked(&buf[..]).unwrap();
+        let packets: Vec<_> = fb.packets().collect();
+        assert_eq!(packets.len(), 4);
+        assert_eq!(packets[0].seq, 100);
+        assert_eq!(packets[1].delta_us, Some(2000));
+        assert_eq!(packets[2].delta_us, None);
+        assert_eq!(packets[3].delta_us, Some(8000));
+        // Nothing new: no feedback.
+        assert!(rec.build_feedback(1, 2, &mut [0u8; 1500]).is_none());
+        rec.on_packet(104, t0 + Duration::from_millis(30));
+        let buf = feedback(&mut rec);
+        let fb = TransportCc::new_checked(&buf[..]).unwrap();
+        assert_eq!(fb.base_seq(), 104);
+        assert_eq!(fb.fb_pkt_count(), 1);
+    }
+
+    #[test]
+    fn estimator_backs_off_on_loss_and_grows_without() {
+        let t0 = Instant::now();
+        let mut est = TwccEstimator::new();
+        let mut rec = TwccRecorder::new(t0);
+        // 100 packets of 1000 bytes over 100 ms: 8 Mbit/s delivered... of
+        // which the feedback reports all received.
+        for i in 0..100u16 {
+            let seq = est.on_send(1000);
+            rec.on_packet(seq, t0 + Duration::from_millis(u64::from(i)));
+        }
+        let buf = feedback(&mut rec);
+        est.on_feedback(&TransportCc::new_checked(&buf[..]).unwrap(), t0);
+        let first = est.estimate(t0).unwrap();
+        assert!((14_000_000..18_000_000).contains(&first), "{first}");
+        // Next round: 30 % lost.
+        for i in 0..100u16 {
+            let seq = est.on_send(1000);
+            if i % 10 >= 3 {
+                rec.on_packet(seq, t0 + Duration::from_millis(200 + u64::from(i)));
+            }
+        }
+        let buf = feedback(&mut rec);
+        est.on_feedback(&TransportCc::new_checked(&buf[..]).unwrap(), t0);
+        let cut = est.estimate(t0).unwrap();
+        assert!(cut < first, "{cut} < {first}");
+        // And a clean round grows it again.
+        for i in 0..100u16 {
+            let seq = est.on_send(1000);
+            rec.on_packet(seq, t0 + Duration::from_millis(400 + u64::from(i)));
+        }
+        let buf = feedback(&mut rec);
+        est.on_feedback(&TransportCc::new_checked(&buf[..]).unwrap(), t0);
+        assert!(est.estimate(t0).unwrap() > cut);
+        assert!(est.estimate(t0 + ESTIMATE_TTL).is_none());
+    }
+}

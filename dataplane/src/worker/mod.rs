@@ -1,0 +1,402 @@
+//! The SFU worker: one thread per core, each owning its rooms and a UDP
+//! socket, driving a [`Sfu`] core with io_uring (or, as the baseline it is
+//! measured against, with tokio).
+//!
+//! # How packets reach the worker that owns the room: a port per worker
+//!
+//! Every worker binds its own UDP port, and the control plane places a room
+//! on one worker and advertises *that worker's port* in the ICE candidates
+//! of every leg of the room. A datagram therefore arrives on the socket of
+//! the only thread that holds its room's state, and the hot path needs no
+//! lock, no cross-thread queue and no lookup of which worker owns a leg.
+//!
+//! The alternative, one port shared through `SO_REUSEPORT`, spreads
+//! datagrams by a hash of the 4-tuple: the legs of one room would land on
+//! different workers, so every packet of a consult would have to cross
+//! threads to reach the subscribers' SRTP contexts. Fixing that needs an
+//! eBPF `SO_REUSEPORT` program with a map from remote address to worker,
+//! which the control plane would have to fill before the first packet of a
+//! leg (ICE learns the address from that very packet), and which is one
+//! more kernel object to keep consistent with the worker tables. A port per
+//! worker costs only a candidate per worker in the SDP, keeps steering
+//! deterministic and debuggable (`ss -uanp` shows who owns what), and works
+//! unchanged behind the XDP program, which passes sfu legs' packets up with
+//! `XDP_PASS`. The price is that a room cannot be split across cores; a
+//! six-party room is a few thousand packets per second, far below one core.
+//!
+//! # Engines
+//!
+//! * [`Engine::IoUring`] (see [`uring`]): multishot `recvmsg` into a
+//!   provided buffer ring (re-armed when the kernel ends it), the core run
+//!   over each batch of completions, then every datagram it queued sent with
+//!   one `sendmsg` SQE per destination run, all in one submit. Runs of
+//!   equal-size datagrams to one destination go out as one UDP GSO
+//!   (`UDP_SEGMENT`) `sendmsg` whose iovecs point at the queued buffers, so
+//!   nothing is copied. Two transmit queues alternate: the core fills one
+//!   while the other's sends are in flight, and a queue is only handed back
+//!   to the core once all its completions have arrived.
+//! * [`Engine::Tokio`] (see [`tokio_engine`]): the same core behind a tokio
+//!   `UdpSocket` on a current-thread runtime: `recv_from`, then whatever more
+//!   is readable without waiting, then one `send_to` per datagram.
+//!
+//! Commands from the control plane arrive over a channel and are applied
+//! between batches.
+
+pub mod tokio_engine;
+pub mod uring;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::sfu::{Command, CommandError, Reply, Sfu, SfuConfig};
+
+/// Which I/O engine drives the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Engine {
+    /// io_uring: multishot recvmsg, buffer ring, batched sendmsg with GSO.
+    IoUring,
+    /// tokio `UdpSocket`: the baseline.
+    Tokio,
+}
+
+impl Engine {
+    /// A stable name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::IoUring => "io_uring",
+            Self::Tokio => "tokio",
+        }
+    }
+}
+
+/// Why a worker could not start or answer.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A socket or io_uring call failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Pinning to a core failed.
+    #[error("pinning to core {core}: {source}")]
+    Affinity {
+        /// The core.
+        core: usize,
+        /// The error.
+        source: nix::Error,
+    },
+    /// The worker thread is gone.
+    #[error("worker thread stopped")]
+    Stopped,
+    /// The worker did not answer in time.
+    #[error("worker did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The core refused the command.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// The worker thread panicked.
+    #[error("worker thread panicked")]
+    Panicked,
+}
+
+pub(crate) fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> WorkerError {
+    move |source| WorkerError::Io { what, source }
+}
+
+/// How a worker is set up.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The engine.
+    pub engine: Engine,
+    /// Address to bind (port 0 picks one).
+    pub bind: SocketAddr,
+    /// Core to pin the thread to, if any.
+    pub core: Option<usize>,
+    /// The core's sizing.
+    pub sfu: SfuConfig,
+    /// Receive buffers in the provided buffer ring (a power of two).
+    pub rx_buffers: u16,
+    /// Whether to send runs of equal-size datagrams with UDP GSO.
+    pub gso: bool,
+    /// Socket buffer sizes, bytes.
+    pub socket_buffer: usize,
+}
+
+impl WorkerConfig {
+    /// Defaults for `engine` on `bind`.
+    pub fn new(engine: Engine, bind: SocketAddr) -> Self {
+        Self {
+            engine,
+            bind,
+            core: None,
+            sfu: SfuConfig::default(),
+            rx_buffers: 1024,
+            gso: true,
+            socket_buffer: 8 << 20,
+        }
+    }
+}
+
+/// Counters of the I/O engine (updated once per batch).
+#[derive(Debug, Default)]
+pub struct EngineCounters {
+    /// Datagrams received.
+    pub rx_datagrams: AtomicU64,
+    /// Datagrams handed to the kernel for sending.
+    pub tx_datagrams: AtomicU64,
+    /// `sendmsg` operations (one per GSO run).
+    pub tx_messages: AtomicU64,
+    /// `sendmsg` operations that used GSO.
+    pub gso_messages: AtomicU64,
+    /// Sends the kernel refused.
+    pub tx_errors: AtomicU64,
+    /// Receive batches processed.
+    pub batches: AtomicU64,
+    /// Times the multishot receive was armed.
+    pub rx_arms: AtomicU64,
+    /// Datagrams the receive path dropped (truncated, unknown family).
+    pub rx_errors: AtomicU64,
+}
+
+impl EngineCounters {
+    /// A plain copy.
+    pub fn snapshot(&self) -> EngineSnapshot {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        EngineSnapshot {
+            rx_datagrams: l(&self.rx_datagrams),
+            tx_datagrams: l(&self.tx_datagrams),
+            tx_messages: l(&self.tx_messages),
+            gso_messages: l(&self.gso_messages),
+            tx_errors: l(&self.tx_errors),
+            batches: l(&self.batches),
+            rx_arms: l(&self.rx_arms),
+            rx_errors: l(&self.rx_errors),
+        }
+    }
+}
+
+/// A copy of [`EngineCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineSnapshot {
+    /// Datagrams received.
+    pub rx_datagrams: u64,
+    /// Datagrams sent.
+    pub tx_datagrams: u64,
+    /// `sendmsg` operations.
+    pub tx_messages: u64,
+    /// GSO `sendmsg` operations.
+    pub gso_messages: u64,
+    /// Refused sends.
+    pub tx_errors: u64,
+    /// Receive batches.
+    pub batches: u64,
+    /// Multishot receive arms.
+    pub rx_arms: u64,
+    /// Receive-side drops.
+    pub rx_errors: u64,
+}
+
+pub(crate) struct Request {
+    pub(crate) command: Command,
+    pub(crate) reply: mpsc::SyncSender<Result<Reply, CommandError>>,
+}
+
+/// What an engine loop gets from its worker.
+pub(crate) struct Shared {
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) counters: Arc<EngineCounters>,
+    pub(crate) commands: mpsc::Receiver<Request>,
+}
+
+impl Shared {
+    /// Applies every waiting command.
+    pub(crate) fn drain_commands(&self, sfu: &mut Sfu) {
+        while let Ok(request) = self.commands.try_recv() {
+            let result = sfu.command(Instant::now(), request.command);
+            // The asker may have given up waiting; nothing to do then.
+            let _ = request.reply.send(result);
+        }
+    }
+}
+
+/// A running worker thread.
+#[derive(Debug)]
+pub struct Worker {
+    local: SocketAddr,
+    engine: Engine,
+    commands: mpsc::Sender<Request>,
+    stop: Arc<AtomicBool>,
+    counters: Arc<EngineCounters>,
+    thread: Option<JoinHandle<Result<(), WorkerError>>>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("command", &self.command)
+            .finish()
+    }
+}
+
+/// How long [`Worker::command`] waits for an answer.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Worker {
+    /// Binds the socket (in the calling thread's network namespace, which
+    /// the worker thread inherits) and starts the worker.
+    pub fn spawn(config: WorkerConfig) -> Result<Self, WorkerError> {
+        let socket = bind_socket(&config)?;
+        let local = socket.local_addr().map_err(io_err("local_addr"))?;
+        let (tx, rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(EngineCounters::default());
+        let shared = Shared {
+            stop: stop.clone(),
+            counters: counters.clone(),
+            commands: rx,
+        };
+        let engine = config.engine;
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), WorkerError>>(1);
+        let thread = std::thread::Builder::new()
+            .name(format!("sfu-{}-{}", engine.as_str(), local.port()))
+            .spawn(move || {
+                if let Some(core) = config.core {
+                    let mut set = nix::sched::CpuSet::new();
+                    let pinned = set
+                        .set(core)
+                        .and_then(|()| {
+                            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+                        })
+                        .map_err(|source| WorkerError::Affinity { core, source });
+                    if let Err(e) = pinned {
+                        let _ = ready_tx.send(Err(e));
+                        return Ok(());
+                    }
+                }
+                let sfu = Sfu::new(config.sfu.clone(), Instant::now());
+                match engine {
+                    Engine::IoUring => uring::run(socket, local, &config, sfu, shared, ready_tx),
+                    Engine::Tokio => {
+                        tokio_engine::run(socket, local, &config, sfu, shared, ready_tx)
+                    }
+                }
+            })
+            .map_err(io_err("spawning the worker thread"))?;
+        let ready = ready_rx.recv_timeout(COMMAND_TIMEOUT);
+        let mut worker = Self {
+            local,
+            engine,
+            commands: tx,
+            stop,
+            counters,
+            thread: Some(thread),
+        };
+        match ready {
+            Ok(Ok(())) => Ok(worker),
+            Ok(Err(e)) => {
+                worker.shutdown().ok();
+                Err(e)
+            }
+            Err(_) => match worker.shutdown() {
+                Err(e) => Err(e),
+                Ok(()) => Err(WorkerError::Stopped),
+            },
+        }
+    }
+
+    /// The worker's socket address (advertised in its legs' candidates).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Its engine.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// Its engine counters.
+    pub fn counters(&self) -> EngineSnapshot {
+        self.counters.snapshot()
+    }
+
+    /// Sends a command and waits for the answer (applied between batches).
+    pub fn command(&self, command: Command) -> Result<Reply, WorkerError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.commands
+            .send(Request { command, reply })
+            .map_err(|_| WorkerError::Stopped)?;
+        match answer.recv_timeout(COMMAND_TIMEOUT) {
+            Ok(result) => Ok(result?),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(WorkerError::Timeout(COMMAND_TIMEOUT)),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(WorkerError::Stopped),
+        }
+    }
+
+    /// Stops the thread and waits for it; returns its error, if it failed.
+    pub fn shutdown(&mut self) -> Result<(), WorkerError> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take() {
+            Some(thread) => thread.join().map_err(|_| WorkerError::Panicked)?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // An error here was already reported to whoever called shutdown.
+        let _ = self.shutdown();
+    }
+}
+
+fn bind_socket(config: &WorkerConfig) -> Result<std::net::UdpSocket, WorkerError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = Domain::for_address(config.bind);
+    let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))
+        .map_err(io_err("creating the UDP socket"))?;
+    // Larger buffers absorb bursts between batches; the FORCE variants need
+    // CAP_NET_ADMIN, so fall back to the capped ones.
+    let size = config.socket_buffer as libc::c_int;
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if setsockopt_int(&socket, libc::SOL_SOCKET, force, size).is_err() {
+            // Best effort: the default size still works, only burstiness suffers.
+            let _ = setsockopt_int(&socket, libc::SOL_SOCKET, plain, size);
+        }
+    }
+    socket
+        .bind(&config.bind.into())
+        .map_err(io_err("binding the UDP socket"))?;
+    Ok(socket.into())
+}
+
+pub(crate) fn setsockopt_int(
+    socket: &impl std::os::fd::AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
+    // SAFETY: a valid fd and a pointer to a c_int of the length given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
