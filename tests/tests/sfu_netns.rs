@@ -222,6 +222,52 @@ fn six_party_consult_over_both_engines() -> Result<()> {
     Ok(())
 }
 
+/// Every subscriber gets ≥ 99 % of each publisher's video, with no key
+/// frame requested, even when media starts long after the subscriptions
+/// (as when many rooms are set up on one worker first: two report
+/// intervals without media used to mark every publication's layer
+/// inactive, pausing its subscribers until a key frame was requested).
+#[test]
+fn six_party_video_arrives_whole_after_a_slow_setup_over_both_engines() -> Result<()> {
+    if !privileged_or_skip() {
+        return Ok(());
+    }
+    let parties = 6;
+    for engine in ENGINES {
+        let configs = (0..parties).map(|i| peer_config(i, &[500])).collect();
+        let mut c = Consult::new(engine, configs, Duration::from_secs(3))?;
+        c.full_mesh()?;
+        std::thread::sleep(Duration::from_millis(2500));
+        drive(
+            &mut c.peers,
+            Duration::from_secs(2),
+            Duration::from_millis(300),
+            |_, _| {},
+        )?;
+        for sub in 0..parties {
+            for publ in (0..parties).filter(|&p| p != sub) {
+                let sent = c.peers[publ].peer.report().video_sent[0];
+                let ssrc = out_ssrcs(sub, publ).video_ssrc;
+                let got = c.peers[sub].peer.stream(ssrc).map_or(0, |s| s.received);
+                assert!(
+                    got * 100 >= sent * 99,
+                    "{engine:?}: subscriber {sub} got {got} of {sent} video packets of {publ}; {:?}",
+                    c.worker.counters()
+                );
+            }
+            assert_eq!(
+                c.leg(sub)?.counters.keyframe_requests_sent,
+                0,
+                "{engine:?} leg {sub}"
+            );
+        }
+        let counters = c.worker.counters();
+        assert_eq!(counters.tx_errors, 0, "{engine:?}: {counters:?}");
+        assert_eq!(counters.tx_failed_datagrams, 0, "{engine:?}: {counters:?}");
+    }
+    Ok(())
+}
+
 #[test]
 fn simulcast_follows_remb_down_and_up_at_key_frames() -> Result<()> {
     if !privileged_or_skip() {

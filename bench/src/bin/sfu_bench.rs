@@ -256,6 +256,7 @@ fn run_step(
     let result = {
         let running_ref = &running;
         let before = before.clone();
+        let participants = &mut participants;
         link.peer.ns.run(move || {
             pin(GENERATOR_CORE);
             // The egress count is sampled when the window opens.
@@ -264,7 +265,7 @@ fn run_step(
                     std::thread::sleep(warmup);
                     before.store(egress(running_ref), std::sync::atomic::Ordering::Relaxed);
                 });
-                load::run(&mut participants, server, warmup, window, ABS_SEND_TIME_ID)
+                load::run(participants, server, warmup, window, ABS_SEND_TIME_ID)
             })
         })?
     };
@@ -285,14 +286,26 @@ fn run_step(
             _ => serde_json::Map::new(),
         };
         if std::env::var_os("SFU_BENCH_DEBUG").is_some() {
-            if let Ok(dataplane::sfu::Reply::Leg(l)) = w.command(Command::LegStats(LegId(0))) {
-                eprintln!("leg 0: {l:?}");
+            for (i, p) in participants.iter().enumerate() {
+                if let Ok(dataplane::sfu::Reply::Leg(l)) =
+                    w.command(Command::LegStats(LegId(i as u64)))
+                {
+                    let r = p.peer.report();
+                    let stuck: Vec<_> = l
+                        .out_streams
+                        .iter()
+                        .filter(|o| o.kind == dataplane::sfu::MediaKind::Video && o.forwarded < 10)
+                        .map(|o| o.publisher.0)
+                        .collect();
+                    eprintln!("leg {i}: pli_sent {} pli_rcvd_by_peer {} keyframes_sent {} rtcp_sent {} stuck_from {:?}", l.counters.keyframe_requests_sent, r.keyframe_requests, r.keyframes_sent, l.counters.rtcp_sent, stuck);
+                }
             }
         }
         diagnostics = json!({
             "rx_datagrams": c.rx_datagrams, "tx_datagrams": c.tx_datagrams,
             "tx_messages": c.tx_messages, "gso_messages": c.gso_messages,
             "tx_errors": c.tx_errors, "batches": c.batches, "rx_arms": c.rx_arms,
+            "rx_no_buffers": c.rx_no_buffers, "rx_socket_drops": c.rx_socket_drops, "tx_failed_datagrams": c.tx_failed_datagrams,
             "core_drops": drops, "core_rtp_received": core.0, "core_rtp_sent": core.1,
         });
     }
@@ -343,8 +356,20 @@ fn main() -> Result<()> {
     ];
     let mut report = serde_json::Map::new();
     let mut table = Vec::new();
+    // Narrowing a run to one profile, forwarder or step list helps when
+    // chasing one number; the full report needs none of these.
+    let only_profile = std::env::var("SFU_BENCH_PROFILE").ok();
+    let only_target = std::env::var("SFU_BENCH_TARGET").ok();
+    let only_steps: Option<Vec<usize>> = std::env::var("SFU_BENCH_STEPS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect());
     for profile in PROFILES {
-        let steps = if short {
+        if only_profile.as_deref().is_some_and(|p| p != profile.name) {
+            continue;
+        }
+        let steps = if let Some(s) = only_steps.as_deref() {
+            s
+        } else if short {
             profile.short_steps
         } else {
             profile.steps
@@ -352,6 +377,9 @@ fn main() -> Result<()> {
         let mut per_target = serde_json::Map::new();
         let mut summary: HashMap<&str, (f64, usize)> = HashMap::new();
         for target in targets {
+            if only_target.as_deref().is_some_and(|t| t != target.name()) {
+                continue;
+            }
             let mut results = Vec::new();
             for &rooms in steps {
                 let step = run_step(&lab, target, profile, rooms, warmup, window)

@@ -1029,11 +1029,19 @@ impl Sfu {
         };
         let secs = interval.as_secs_f64().max(1e-3);
         let mut bitrates = [0u64; MAX_PUBLISHED_LAYERS];
+        // Silence before the publisher's first video packet says nothing
+        // about its layers: they keep their nominal bitrates, so subscribers
+        // are not paused and then made to wait for a requested key frame
+        // when media starts (the first key frame would find them paused).
+        let publishing = video
+            .layers
+            .iter()
+            .any(|l| l.window_bytes > 0 || l.stats.started);
         for (i, layer) in video.layers.iter_mut().enumerate() {
             if layer.window_bytes > 0 {
                 layer.bitrate_bps = (layer.window_bytes as f64 * 8.0 / secs) as u64;
                 layer.idle_windows = 0;
-            } else if layer.ssrc.is_some() {
+            } else if layer.ssrc.is_some() && publishing {
                 // A layer that stopped is inactive after two silent windows.
                 layer.idle_windows = layer.idle_windows.saturating_add(1);
                 if layer.idle_windows >= 2 {

@@ -192,6 +192,8 @@ pub struct PeerReport {
     pub sent: u64,
     /// Key frames sent.
     pub keyframes_sent: u64,
+    /// Video packets sent, per layer.
+    pub video_sent: [u64; 8],
 }
 
 /// A synthetic endpoint. See the [module documentation](self).
@@ -490,6 +492,9 @@ impl Peer {
                     now_us,
                     &mut out,
                 )?;
+                if let Some(n) = self.report.video_sent.get_mut(layer) {
+                    *n += 1;
+                }
                 emit(layer, &out[..len]);
             }
         }

@@ -563,3 +563,31 @@ fn a_removed_leg_stops_media_and_its_address_is_unknown() {
     );
     assert_eq!(room.sfu.leg_at(local(), remote(1)), None);
 }
+
+#[test]
+fn a_slow_setup_does_not_pause_video_until_a_key_frame_is_requested() {
+    // Setting up many rooms can take longer than two report intervals
+    // before any participant sends: a publication that has not started
+    // yet must not be taken for one whose layers stopped.
+    let configs = (0..6).map(|i| peer_config(i, &[500], false)).collect();
+    let mut room = Room::new(configs);
+    room.full_mesh();
+    let silent_until = room.now_us + 3_500_000;
+    while room.now_us < silent_until {
+        let now = room.now();
+        if now >= room.sfu.poll_timeout() {
+            room.sfu.handle_timeout(now);
+        }
+        room.deliver();
+        room.now_us += 10_000;
+    }
+    // The peers' clocks start with their media.
+    room.run(1500, |_| {});
+    let stats = room.sfu.stats();
+    assert_eq!(stats.counters.rtp_sent, stats.counters.rtp_received * 5);
+    for i in 0..6 {
+        assert_clean(&room.peers[i], 10);
+        assert_eq!(room.leg(i).counters.keyframe_requests_sent, 0);
+        assert_eq!(room.peers[i].report().keyframes_sent, 1);
+    }
+}

@@ -162,6 +162,15 @@ pub struct EngineCounters {
     pub rx_arms: AtomicU64,
     /// Datagrams the receive path dropped (truncated, unknown family).
     pub rx_errors: AtomicU64,
+    /// Times the multishot receive ended for lack of provided buffers
+    /// (`ENOBUFS`): datagrams wait in the socket meanwhile and are lost if
+    /// it overflows.
+    pub rx_no_buffers: AtomicU64,
+    /// Datagrams in sends that failed, were short, or were never submitted.
+    pub tx_failed_datagrams: AtomicU64,
+    /// Datagrams the kernel dropped at the socket (receive buffer full),
+    /// read from `SO_MEMINFO` every [`DROPS_POLL`].
+    pub rx_socket_drops: AtomicU64,
 }
 
 impl EngineCounters {
@@ -177,6 +186,9 @@ impl EngineCounters {
             batches: l(&self.batches),
             rx_arms: l(&self.rx_arms),
             rx_errors: l(&self.rx_errors),
+            rx_no_buffers: l(&self.rx_no_buffers),
+            tx_failed_datagrams: l(&self.tx_failed_datagrams),
+            rx_socket_drops: l(&self.rx_socket_drops),
         }
     }
 }
@@ -200,6 +212,12 @@ pub struct EngineSnapshot {
     pub rx_arms: u64,
     /// Receive-side drops.
     pub rx_errors: u64,
+    /// Multishot receives ended by `ENOBUFS`.
+    pub rx_no_buffers: u64,
+    /// Datagrams in failed, short or unsubmitted sends.
+    pub tx_failed_datagrams: u64,
+    /// Datagrams dropped by the kernel at the socket.
+    pub rx_socket_drops: u64,
 }
 
 pub(crate) struct Request {
@@ -376,6 +394,45 @@ fn bind_socket(config: &WorkerConfig) -> Result<std::net::UdpSocket, WorkerError
         .bind(&config.bind.into())
         .map_err(io_err("binding the UDP socket"))?;
     Ok(socket.into())
+}
+
+/// How often the engines read the socket's kernel drop count.
+pub const DROPS_POLL: Duration = Duration::from_millis(100);
+
+/// `SO_MEMINFO` (not exported by libc for every architecture).
+const SO_MEMINFO: libc::c_int = 55;
+
+/// Publishes the kernel's count of datagrams dropped at `socket` (a full
+/// receive buffer never reaches the engine, so it is read from the kernel)
+/// if `DROPS_POLL` passed since `last`.
+pub(crate) fn poll_socket_drops(
+    socket: &impl std::os::fd::AsRawFd,
+    counters: &EngineCounters,
+    last: &mut Instant,
+    now: Instant,
+) {
+    if now.saturating_duration_since(*last) < DROPS_POLL {
+        return;
+    }
+    *last = now;
+    let mut info = [0u32; 16];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: a valid fd and a buffer of the length given.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    let at = libc::SK_MEMINFO_DROPS as usize;
+    if rc == 0 && (len as usize) > at * 4 {
+        counters
+            .rx_socket_drops
+            .store(u64::from(info[at]), Ordering::Relaxed);
+    }
 }
 
 pub(crate) fn setsockopt_int(

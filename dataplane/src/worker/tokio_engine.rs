@@ -52,6 +52,7 @@ pub(crate) fn run(
         let mut buf = vec![0u8; TRANSMIT_BUF_LEN];
         let mut sending = TransmitQueue::new(sfu.config().queue_capacity);
         let counters = &shared.counters;
+        let mut drops_read = Instant::now();
         while !shared.stop.load(Ordering::Relaxed) {
             shared.drain_commands(&mut sfu);
             let deadline = sfu.poll_timeout().min(Instant::now() + MAX_WAIT);
@@ -94,7 +95,11 @@ pub(crate) fn run(
             counters.tx_datagrams.fetch_add(sent, Ordering::Relaxed);
             counters.tx_messages.fetch_add(sent, Ordering::Relaxed);
             counters.tx_errors.fetch_add(errors, Ordering::Relaxed);
+            counters
+                .tx_failed_datagrams
+                .fetch_add(errors, Ordering::Relaxed);
             counters.batches.fetch_add(1, Ordering::Relaxed);
+            super::poll_socket_drops(&socket, counters, &mut drops_read, now);
         }
         Ok(())
     })

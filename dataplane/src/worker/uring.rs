@@ -124,6 +124,10 @@ struct SendSlots {
     names: Vec<libc::sockaddr_in6>,
     cmsgs: Vec<[u64; 4]>,
     order: Vec<u32>,
+    /// Datagrams and bytes of each queued `sendmsg`, to account for a
+    /// failed or short send when its completion arrives.
+    msg_datagrams: Vec<u32>,
+    msg_bytes: Vec<usize>,
 }
 
 struct Engine {
@@ -140,7 +144,7 @@ struct Engine {
     cq_entries: usize,
     fd: types::Fd,
     /// Owns the descriptor `fd` names; closed after the ring is gone.
-    _socket: std::net::UdpSocket,
+    socket: std::net::UdpSocket,
 }
 
 pub(crate) fn run(
@@ -166,6 +170,7 @@ pub(crate) fn run(
     let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(engine.cq_entries);
     let high_water = engine.sending.capacity().saturating_sub(256).max(1);
     let mut rearm = false;
+    let mut drops_read = Instant::now();
     while !shared.stop.load(Ordering::Relaxed) {
         shared.drain_commands(&mut sfu);
         let now = Instant::now();
@@ -199,13 +204,20 @@ pub(crate) fn run(
                 continue;
             }
             if user_data != RECV_TAG {
-                engine.on_send_completion(res, counters);
+                engine.on_send_completion(user_data, res, counters);
                 continue;
             }
             if !cqueue::more(flags) {
                 rearm = true;
             }
             let Some(bid) = cqueue::buffer_select(flags) else {
+                // ENOBUFS ends the multishot receive while datagrams queue
+                // up in the socket; counted so an undersized ring shows.
+                if res == -libc::ENOBUFS {
+                    counters.rx_no_buffers.fetch_add(1, Ordering::Relaxed);
+                } else if res < 0 {
+                    rx_errors += 1;
+                }
                 continue;
             };
             recycled.push(bid);
@@ -224,16 +236,14 @@ pub(crate) fn run(
             // previous sends (their completions join this batch) and hand
             // the queue to the kernel.
             if sfu.transmits().len() >= high_water {
-                engine.wait_sends(&mut cqes, counters)?;
+                // Buffers already handled go back first, so the receive
+                // keeps running (and never starves) while sends complete.
+                engine.recycle(&mut recycled);
+                engine.wait_sends(&mut cqes, i, counters)?;
                 engine.flush(&mut sfu, counters);
             }
         }
-        for &bid in &recycled {
-            engine.bufs.push(bid);
-        }
-        if !recycled.is_empty() {
-            engine.bufs.publish();
-        }
+        engine.recycle(&mut recycled);
         if rearm {
             engine.arm_recv().map_err(io_err("arming recvmsg"))?;
             counters.rx_arms.fetch_add(1, Ordering::Relaxed);
@@ -248,6 +258,7 @@ pub(crate) fn run(
         }
         counters.rx_datagrams.fetch_add(received, Ordering::Relaxed);
         counters.rx_errors.fetch_add(rx_errors, Ordering::Relaxed);
+        super::poll_socket_drops(&engine.socket, counters, &mut drops_read, now);
         counters.batches.fetch_add(1, Ordering::Relaxed);
     }
     // Wait (bounded) for in-flight sends before their buffers are freed.
@@ -367,6 +378,8 @@ impl Engine {
             names: vec![zero_name; queue_capacity],
             cmsgs: vec![[0u64; 4]; queue_capacity],
             order: Vec::with_capacity(queue_capacity),
+            msg_datagrams: vec![0; queue_capacity],
+            msg_bytes: vec![0; queue_capacity],
         };
         let mut engine = Self {
             ring,
@@ -378,7 +391,7 @@ impl Engine {
             gso: config.gso,
             cq_entries: cq as usize,
             fd: types::Fd(socket.as_raw_fd()),
-            _socket: socket,
+            socket,
         };
         engine.arm_recv().map_err(io_err("arming recvmsg"))?;
         Ok(engine)
@@ -392,48 +405,89 @@ impl Engine {
         }
     }
 
-    fn on_send_completion(&mut self, res: i32, counters: &super::EngineCounters) {
+    /// Hands handled receive buffers back to the kernel.
+    fn recycle(&mut self, recycled: &mut Vec<u16>) {
+        for &bid in recycled.iter() {
+            self.bufs.push(bid);
+        }
+        if !recycled.is_empty() {
+            self.bufs.publish();
+        }
+        recycled.clear();
+    }
+
+    /// Accounts for the completion of `sendmsg` number `user_data`.
+    fn on_send_completion(&mut self, user_data: u64, res: i32, counters: &super::EngineCounters) {
         self.inflight = self.inflight.saturating_sub(1);
+        let m = user_data as usize;
+        let datagrams = self.slots.msg_datagrams.get(m).copied().unwrap_or(1);
+        let bytes = self.slots.msg_bytes.get(m).copied().unwrap_or(0);
         if res < 0 {
             counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+            counters
+                .tx_failed_datagrams
+                .fetch_add(u64::from(datagrams), Ordering::Relaxed);
             // A kernel without UDP GSO on this path: send one by one.
             if res == -libc::EIO || res == -libc::EINVAL {
                 self.gso = false;
             }
+        } else if (res as usize) < bytes {
+            // UDP sends all or nothing; a short count means lost segments.
+            counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+            counters
+                .tx_failed_datagrams
+                .fetch_add(u64::from(datagrams), Ordering::Relaxed);
         }
     }
 
-    /// Waits until every in-flight send completed; receive completions
-    /// reaped meanwhile are appended to `cqes` for the caller to handle.
+    /// Waits (bounded) until every in-flight send completed. Send
+    /// completions already copied into `cqes[pending..]` count too: waiting
+    /// for them in the kernel would never end. Receive completions reaped
+    /// meanwhile are appended to `cqes` for the caller to handle.
     fn wait_sends(
         &mut self,
         cqes: &mut Vec<(u64, i32, u32)>,
+        pending: usize,
         counters: &super::EngineCounters,
     ) -> Result<(), WorkerError> {
+        self.complete_sends_in(&mut cqes[pending..], counters);
         // Bounded: sends on a UDP socket complete at submission.
-        for _ in 0..1000 {
-            if self.inflight == 0 {
-                return Ok(());
-            }
-            match self.ring.submitter().submit_and_wait(1) {
+        let deadline = Instant::now() + MAX_WAIT;
+        while self.inflight > 0 && Instant::now() < deadline {
+            let ts = types::Timespec::new().nsec(1_000_000);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            match self.ring.submitter().submit_with_args(1, &args) {
                 Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e)
+                    if e.raw_os_error() == Some(libc::ETIME)
+                        || e.raw_os_error() == Some(libc::EINTR)
+                        || e.raw_os_error() == Some(libc::EBUSY) => {}
                 Err(e) => return Err(io_err("io_uring_enter")(e)),
             }
             let from = cqes.len();
             self.reap(cqes);
-            for entry in &mut cqes[from..] {
-                if entry.0 != RECV_TAG {
-                    self.inflight = self.inflight.saturating_sub(1);
-                    if entry.1 < 0 {
-                        counters.tx_errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    entry.0 = HANDLED_TAG;
-                }
+            if from == cqes.len() && cqes.len() == cqes.capacity() {
+                // No room for more completions: the batch must be handled
+                // first; the core's queue absorbs (or counts) the rest.
+                break;
             }
+            self.complete_sends_in(&mut cqes[from..], counters);
         }
         Ok(())
+    }
+
+    /// Accounts for the send completions in `cqes` and marks them handled.
+    fn complete_sends_in(
+        &mut self,
+        cqes: &mut [(u64, i32, u32)],
+        counters: &super::EngineCounters,
+    ) {
+        for entry in cqes {
+            if entry.0 != RECV_TAG && entry.0 != HANDLED_TAG {
+                self.on_send_completion(entry.0, entry.1, counters);
+                entry.0 = HANDLED_TAG;
+            }
+        }
     }
 
     /// Takes the core's queued datagrams and submits their sends, if the
@@ -444,7 +498,10 @@ impl Engine {
         }
         self.sending.clear();
         sfu.swap_transmits(&mut self.sending);
-        let (messages, gso, datagrams) = self.queue_sends();
+        let (messages, gso, datagrams, unsent) = self.queue_sends();
+        counters
+            .tx_failed_datagrams
+            .fetch_add(unsent as u64, Ordering::Relaxed);
         counters
             .tx_datagrams
             .fetch_add(datagrams as u64, Ordering::Relaxed);
@@ -475,8 +532,9 @@ impl Engine {
     }
 
     /// Queues `sendmsg`s for everything in `self.sending`, grouped by
-    /// destination; returns (messages, GSO messages, datagrams).
-    fn queue_sends(&mut self) -> (usize, usize, usize) {
+    /// destination; returns (messages, GSO messages, datagrams, datagrams
+    /// whose send could not be submitted).
+    fn queue_sends(&mut self) -> (usize, usize, usize, usize) {
         let n = self.sending.len();
         let queued = self.sending.as_slice();
         let order = &mut self.slots.order;
@@ -540,20 +598,25 @@ impl Engine {
                 msg.msg_control = std::ptr::null_mut();
                 msg.msg_controllen = 0;
             }
+            self.slots.msg_datagrams[m] = (end - i) as u32;
+            self.slots.msg_bytes[m] = bytes;
             messages += 1;
             entries_to_push += 1;
             i = end;
         }
+        let mut unsent = 0usize;
         for m in 0..entries_to_push {
             let entry = opcode::SendMsg::new(self.fd, &self.slots.msgs[m])
                 .build()
                 .user_data(m as u64);
             // A full SQ is submitted and retried inside push; a failure to
-            // submit leaves the datagrams unsent, which the peers see as loss.
+            // submit leaves the datagrams unsent, which is counted.
             if self.push(entry).is_ok() {
                 self.inflight += 1;
+            } else {
+                unsent += self.slots.msg_datagrams[m] as usize;
             }
         }
-        (messages, gso_messages, n)
+        (messages, gso_messages, n, unsent)
     }
 }
