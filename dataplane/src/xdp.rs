@@ -26,8 +26,8 @@ use aya::{
     Ebpf, Pod,
 };
 use switchboard_common::{
-    map_names, program_names, Addr, Counters, Fanout, Flow, FlowKey, IngressConfig, RoomCap,
-    Stream, MAX_FANOUT,
+    map_names, program_names, Addr, Counters, Fanout, Flow, FlowKey, IngressConfig, IngressState,
+    RoomCap, Stream, LOCAL_ADDRS_INLINE, LOCAL_ADDRS_IN_MAP, MAX_FANOUT,
 };
 
 pub use reflect::{LiveGenerator, Reflector, SinkCounter, MAX_LIVE_BATCH, MIN_GENERATED_FRAME};
@@ -196,6 +196,8 @@ struct TcAttachment {
 pub struct XdpIngress {
     ebpf: Ebpf,
     config: IngressConfig,
+    /// What the program reads besides the config, mirrored into the config map.
+    state: IngressState,
     xdp_links: Vec<XdpAttachment>,
     tc_links: Vec<TcAttachment>,
     egress: BTreeSet<u32>,
@@ -221,6 +223,7 @@ impl XdpIngress {
         let mut ingress = Self {
             ebpf,
             config,
+            state: IngressState::default(),
             xdp_links: Vec::new(),
             tc_links: Vec::new(),
             egress: BTreeSet::new(),
@@ -232,6 +235,16 @@ impl XdpIngress {
     /// Replaces the ingress configuration; takes effect for the next packet.
     pub fn set_config(&mut self, config: IngressConfig) -> Result<(), XdpError> {
         check_port_range(&config)?;
+        self.write_state(IngressState {
+            config,
+            ..self.state
+        })?;
+        self.config = config;
+        Ok(())
+    }
+
+    /// Writes `state` to the config map and, once it is there, keeps it as `self.state`.
+    fn write_state(&mut self, state: IngressState) -> Result<(), XdpError> {
         let map = self
             .ebpf
             .map_mut(map_names::INGRESS_CONFIG)
@@ -239,17 +252,44 @@ impl XdpIngress {
                 kind: "map",
                 name: map_names::INGRESS_CONFIG,
             })?;
-        let mut array: Array<_, IngressConfig> =
+        let mut array: Array<_, IngressState> =
             Array::try_from(map).map_err(|source| XdpError::Map {
                 what: "opening the ingress config map",
                 source,
             })?;
-        array.set(0, config, 0).map_err(|source| XdpError::Map {
+        array.set(0, state, 0).map_err(|source| XdpError::Map {
             what: "writing the ingress config",
             source,
         })?;
-        self.config = config;
+        self.state = state;
         Ok(())
+    }
+
+    /// Mirrors the local-address map into the state: inline while it is small.
+    fn sync_local_addrs(&mut self) -> Result<(), XdpError> {
+        let map = self.hash_map::<Addr, u8>(map_names::LOCAL_ADDRS)?;
+        let mut addrs = [[0u8; 16]; LOCAL_ADDRS_INLINE];
+        let mut count = 0usize;
+        for key in map.keys() {
+            let key = key.map_err(|source| XdpError::Map {
+                what: "listing the local addresses",
+                source,
+            })?;
+            if count == LOCAL_ADDRS_INLINE {
+                count = usize::from(LOCAL_ADDRS_IN_MAP);
+                break;
+            }
+            addrs[count] = key;
+            count += 1;
+        }
+        if count > LOCAL_ADDRS_INLINE {
+            addrs = [[0u8; 16]; LOCAL_ADDRS_INLINE];
+        }
+        self.write_state(IngressState {
+            local_count: count as u8,
+            local_addrs: addrs,
+            ..self.state
+        })
     }
 
     /// Attaches to `interface` (in the calling thread's network namespace):
@@ -348,13 +388,15 @@ impl XdpIngress {
             .map_err(|source| XdpError::Map {
                 what: "adding a local address",
                 source,
-            })
+            })?;
+        self.sync_local_addrs()
     }
 
     /// Stops treating `addr` as a media address. Removing an absent one is not an error.
     pub fn remove_local_address(&mut self, addr: IpAddr) -> Result<(), XdpError> {
         let mut map = self.hash_map::<Addr, u8>(map_names::LOCAL_ADDRS)?;
-        remove_if_present(&mut map, &map_addr(addr), "removing a local address")
+        remove_if_present(&mut map, &map_addr(addr), "removing a local address")?;
+        self.sync_local_addrs()
     }
 
     /// Adds or replaces a flow. Validation happens before any map is written;
@@ -427,13 +469,29 @@ impl XdpIngress {
         map.insert(room, value, 0).map_err(|source| XdpError::Map {
             what: "writing a room cap",
             source,
-        })
+        })?;
+        // After the insert, so the program never skips the lookup of a cap that exists.
+        if self.state.any_room_cap == 0 {
+            self.write_state(IngressState {
+                any_room_cap: 1,
+                ..self.state
+            })?;
+        }
+        Ok(())
     }
 
     /// Lifts a room's cap.
     pub fn clear_room_cap(&mut self, room: u32) -> Result<(), XdpError> {
         let mut map = self.hash_map::<u32, RoomCap>(map_names::ROOM_CAPS)?;
-        remove_if_present(&mut map, &room, "removing a room cap")
+        remove_if_present(&mut map, &room, "removing a room cap")?;
+        let any = u8::from(map.keys().next().is_some());
+        if any != self.state.any_room_cap {
+            self.write_state(IngressState {
+                any_room_cap: any,
+                ..self.state
+            })?;
+        }
+        Ok(())
     }
 
     /// The counters summed over all CPUs.

@@ -496,6 +496,57 @@ fn removed_flows_become_unknown() {
 }
 
 #[test]
+fn local_addresses_beyond_the_inline_set_use_the_map_and_removal_shrinks_back() {
+    if !privileged_or_skip() {
+        return;
+    }
+    let mut xdp = relay_ingress(true);
+    relay_flow(&mut xdp, SENDER4, LOCAL4, EGRESS4, RECEIVER4);
+    // LOCAL4 and LOCAL6 are in already: four more make six, past the inline set.
+    let extra = ["198.18.0.10", "198.18.0.11", "198.18.0.12", "198.18.0.13"];
+    for addr in extra {
+        xdp.add_local_address(addr.parse().expect("address"))
+            .expect("local address");
+    }
+    let to = |addr: &str| {
+        Datagram::new(
+            SENDER4,
+            &format!("{addr}:{MEDIA_PORT}"),
+            rtp(9, 1, None, b"media"),
+        )
+    };
+    for addr in ["198.18.0.2", "198.18.0.10", "198.18.0.13"] {
+        let input = to(addr);
+        let out = run(&mut xdp, &input.frame());
+        assert_eq!(
+            out.action,
+            XdpAction::Tx,
+            "to {addr} with six local addresses"
+        );
+        assert_relayed(&input, &out.frame, EGRESS4, RECEIVER4);
+    }
+    assert_passed_untouched(&mut xdp, &to("198.18.0.99").frame(), "not a local address");
+
+    for addr in &extra[..3] {
+        xdp.remove_local_address(addr.parse().expect("address"))
+            .expect("remove");
+    }
+    let input = to("198.18.0.13");
+    let out = run(&mut xdp, &input.frame());
+    assert_eq!(
+        out.action,
+        XdpAction::Tx,
+        "kept address after shrinking to three"
+    );
+    assert_relayed(&input, &out.frame, EGRESS4, RECEIVER4);
+    for addr in &extra[..3] {
+        assert_passed_untouched(&mut xdp, &to(addr).frame(), "removed local address");
+    }
+    xdp.remove_local_address(sock(LOCAL4).ip()).expect("remove");
+    assert_passed_untouched(&mut xdp, &to("198.18.0.2").frame(), "own address removed");
+}
+
+#[test]
 fn ttl_and_hop_limit_expiry_is_dropped_and_counted() {
     if !privileged_or_skip() {
         return;

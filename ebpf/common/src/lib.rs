@@ -12,7 +12,7 @@
 pub mod map_names {
     /// Per-CPU array of [`crate::Counters`], one slot.
     pub const COUNTERS: &str = "SB_COUNTERS";
-    /// Array of one [`crate::IngressConfig`].
+    /// Array of one [`crate::IngressState`].
     pub const INGRESS_CONFIG: &str = "SB_INGRESS_CONFIG";
     /// Hash of the appliance's own media addresses: [`crate::Addr`] → `u8` (1).
     pub const LOCAL_ADDRS: &str = "SB_LOCAL_ADDRS";
@@ -188,6 +188,31 @@ pub struct IngressConfig {
     pub _pad: [u8; 2],
 }
 
+/// Local addresses [`IngressState`] carries inline, so the program compares
+/// them instead of hashing into the local-address map.
+pub const LOCAL_ADDRS_INLINE: usize = 4;
+/// [`IngressState::local_count`]: more local addresses than fit inline; the
+/// program looks them up in the local-address map.
+pub const LOCAL_ADDRS_IN_MAP: u8 = 0xff;
+
+/// Value of the ingress config map: the configuration plus what the loader
+/// derives from the other maps, so the program reads both with one lookup.
+/// Aligned so the program compares the inline addresses in words.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IngressState {
+    pub config: IngressConfig,
+    /// Non-zero while the room-cap map holds at least one cap; zero lets the
+    /// program skip the stream and cap lookups, which could not drop anything.
+    pub any_room_cap: u8,
+    /// How many entries of `local_addrs` are the whole local-address map, or
+    /// [`LOCAL_ADDRS_IN_MAP`].
+    pub local_count: u8,
+    pub _pad: [u8; 6],
+    /// The local-address map's keys while there are at most [`LOCAL_ADDRS_INLINE`].
+    pub local_addrs: [Addr; LOCAL_ADDRS_INLINE],
+}
+
 /// Flow lookup key: who sent it (remote address and port) and to which of our ports.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -356,6 +381,7 @@ mod user {
     // is explicit; every bit pattern is valid.
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::IngressConfig {}
+    unsafe impl aya::Pod for super::IngressState {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::RelayDest {}
     unsafe impl aya::Pod for super::Flow {}
@@ -375,6 +401,7 @@ const _: () = {
     assert!(core::mem::size_of::<Stream>() == 72);
     assert!(core::mem::size_of::<RoomCap>() == 4);
     assert!(core::mem::size_of::<IngressConfig>() == 8);
+    assert!(core::mem::size_of::<IngressState>() == 80);
     assert!(core::mem::size_of::<GenTemplate>() == GEN_HEAD_LEN + 8);
     assert!(core::mem::size_of::<SinkConfig>() == 8);
     assert!(core::mem::size_of::<SinkCounters>() == 16);

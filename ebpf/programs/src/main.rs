@@ -30,15 +30,15 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use switchboard_common::{
-    Addr, Counters, Fanout, Flow, FlowKey, IngressConfig, RelayDest, RoomCap, Stream, DD_TEMPLATES,
-    DD_TEMPORAL_UNKNOWN, FLOW_RELAY, FLOW_TO_USERSPACE, KIND_VIDEO, MAX_FANOUT,
+    Addr, Counters, Fanout, Flow, FlowKey, IngressState, RelayDest, RoomCap, Stream, DD_TEMPLATES,
+    DD_TEMPORAL_UNKNOWN, FLOW_RELAY, FLOW_TO_USERSPACE, KIND_VIDEO, LOCAL_ADDRS_IN_MAP, MAX_FANOUT,
 };
 
 #[map(name = "SB_COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "SB_INGRESS_CONFIG")]
-static INGRESS_CONFIG: Array<IngressConfig> = Array::with_max_entries(1, 0);
+static INGRESS_CONFIG: Array<IngressState> = Array::with_max_entries(1, 0);
 
 #[map(name = "SB_LOCAL_ADDRS")]
 static LOCAL_ADDRS: HashMap<Addr, u8> = HashMap::with_max_entries(256, 0);
@@ -133,11 +133,23 @@ fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
 }
 
+/// A key on the stack, aligned so it is built, copied and compared in
+/// words rather than bytes (packet bytes are read one by one).
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct Aligned<T>(T);
+
 #[inline(always)]
-fn v4_mapped(a: [u8; 4]) -> Addr {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
-    ]
+fn v4_mapped(a: [u8; 4]) -> Aligned<Addr> {
+    // Built from words: a byte array literal becomes a call to a byte-wise memset.
+    let words = [
+        0,
+        0,
+        u32::from_ne_bytes([0, 0, 0xff, 0xff]),
+        u32::from_ne_bytes(a),
+    ];
+    // SAFETY: [u32; 4] and [u8; 16] have the same size and every bit pattern is valid.
+    Aligned(unsafe { core::mem::transmute::<[u32; 4], Addr>(words) })
 }
 
 #[inline(always)]
@@ -158,10 +170,11 @@ struct Udp {
     l4: usize,
     /// UDP length from the UDP header, checked against the IP length.
     udp_len: usize,
-    src: Addr,
-    dst: Addr,
-    sport: u16,
-    dport: u16,
+    /// The flow key: source address and port, destination port.
+    key: Aligned<FlowKey>,
+    /// Sum of the 16-bit words of both addresses (what the IPv4 header and
+    /// the UDP pseudo-header checksum over them).
+    addr_sum: u32,
 }
 
 enum Parsed {
@@ -171,15 +184,39 @@ enum Parsed {
     Ours(Udp),
 }
 
+/// An address as two words.
 #[inline(always)]
-fn is_local(addr: &Addr) -> bool {
-    // SAFETY: the value is only tested for presence.
-    unsafe { LOCAL_ADDRS.get(addr) }.is_some()
+fn addr_words(a: &Addr) -> [u64; 2] {
+    // SAFETY: callers pass 8-byte aligned addresses (`Aligned`, or the
+    // `IngressState` fields, which are at multiples of 8 in an align(8) struct).
+    unsafe { core::ptr::read(a as *const Addr as *const [u64; 2]) }
+}
+
+#[inline(always)]
+fn is_local(state: &IngressState, addr: &Aligned<Addr>) -> bool {
+    let count = state.local_count;
+    if count == LOCAL_ADDRS_IN_MAP {
+        // SAFETY: the value is only tested for presence.
+        return unsafe { LOCAL_ADDRS.get(&addr.0) }.is_some();
+    }
+    // The loader keeps the map's few keys here: compared, not hashed.
+    let [a0, a1] = addr_words(&addr.0);
+    for (i, local) in state.local_addrs.iter().enumerate() {
+        if i >= count as usize {
+            break;
+        }
+        let [l0, l1] = addr_words(local);
+        if a0 == l0 && a1 == l1 {
+            return true;
+        }
+    }
+    false
 }
 
 /// Ethernet (one optional 802.1Q/802.1ad tag), IPv4 or IPv6, UDP.
 #[inline(always)]
-fn parse<F: Frame>(f: &F, cfg: &IngressConfig) -> Parsed {
+fn parse<F: Frame>(f: &F, state: &IngressState) -> Parsed {
+    let cfg = &state.config;
     let frame_len = f.end() - f.start();
     let Some(ethertype) = load::<2, F>(f, 12) else {
         return Parsed::NotOurs;
@@ -193,7 +230,7 @@ fn parse<F: Frame>(f: &F, cfg: &IngressConfig) -> Parsed {
         ethertype = be16(inner);
         l3 += VLAN_HDR_LEN;
     }
-    let (v6, l4, l4_room, src, dst) = match ethertype {
+    let (v6, l4, l4_room, src, addr_sum) = match ethertype {
         ETH_P_IPV4 => {
             let Some(h) = load::<IPV4_HDR_LEN, F>(f, l3) else {
                 return Parsed::NotOurs;
@@ -201,10 +238,14 @@ fn parse<F: Frame>(f: &F, cfg: &IngressConfig) -> Parsed {
             if h[9] != IPPROTO_UDP {
                 return Parsed::NotOurs;
             }
-            let dst = v4_mapped([h[16], h[17], h[18], h[19]]);
-            if !is_local(&dst) {
+            if !is_local(state, &v4_mapped([h[16], h[17], h[18], h[19]])) {
                 return Parsed::NotOurs;
             }
+            // Read again after the address check rather than kept in registers
+            // (or spilled) across a possible map lookup.
+            let Some(h) = load::<IPV4_HDR_LEN, F>(f, l3) else {
+                return Parsed::NotOurs;
+            };
             let ihl = ((h[0] & 0x0f) as usize) * 4;
             let total_len = be16([h[2], h[3]]) as usize;
             if h[0] >> 4 != 4 || ihl < IPV4_HDR_LEN || total_len < ihl || l3 + total_len > frame_len
@@ -217,17 +258,23 @@ fn parse<F: Frame>(f: &F, cfg: &IngressConfig) -> Parsed {
                 return Parsed::SlowPath;
             }
             let src = v4_mapped([h[12], h[13], h[14], h[15]]);
-            (false, l3 + IPV4_HDR_LEN, total_len - IPV4_HDR_LEN, src, dst)
+            let sum = words_sum(&h, 12, 20);
+            (false, l3 + IPV4_HDR_LEN, total_len - IPV4_HDR_LEN, src, sum)
         }
         ETH_P_IPV6 => {
             let Some(h) = load::<IPV6_HDR_LEN, F>(f, l3) else {
                 return Parsed::NotOurs;
             };
-            let mut dst = [0u8; 16];
-            dst.copy_from_slice(&h[24..40]);
-            if !is_local(&dst) {
+            let mut dst = Aligned([0u8; 16]);
+            dst.0.copy_from_slice(&h[24..40]);
+            if !is_local(state, &dst) {
                 return Parsed::NotOurs;
             }
+            // Read again after the address check rather than kept in registers
+            // (or spilled) across a possible map lookup.
+            let Some(h) = load::<IPV6_HDR_LEN, F>(f, l3) else {
+                return Parsed::NotOurs;
+            };
             if h[0] >> 4 != 6 {
                 return Parsed::Malformed;
             }
@@ -244,9 +291,10 @@ fn parse<F: Frame>(f: &F, cfg: &IngressConfig) -> Parsed {
                 }
                 _ => return Parsed::NotOurs,
             }
-            let mut src = [0u8; 16];
-            src.copy_from_slice(&h[8..24]);
-            (true, l3 + IPV6_HDR_LEN, payload_len, src, dst)
+            let mut src = Aligned([0u8; 16]);
+            src.0.copy_from_slice(&h[8..24]);
+            let sum = words_sum(&h, 8, 40);
+            (true, l3 + IPV6_HDR_LEN, payload_len, src, sum)
         }
         _ => return Parsed::NotOurs,
     };
@@ -271,10 +319,12 @@ fn parse<F: Frame>(f: &F, cfg: &IngressConfig) -> Parsed {
         l3,
         l4,
         udp_len,
-        src,
-        dst,
-        sport: be16([udp[0], udp[1]]),
-        dport,
+        key: Aligned(FlowKey {
+            remote_addr: src.0,
+            remote_port: be16([udp[0], udp[1]]),
+            local_port: dport,
+        }),
+        addr_sum,
     })
 }
 
@@ -326,7 +376,7 @@ fn bump(update: impl FnOnce(&mut Counters)) {
 #[xdp]
 pub fn switchboard_xdp(ctx: XdpContext) -> u32 {
     let outcome = match INGRESS_CONFIG.get(0) {
-        Some(cfg) => ingress(&ctx, cfg),
+        Some(state) => ingress(&ctx, state),
         None => Outcome::NotOurs,
     };
     bump(|c| {
@@ -400,13 +450,14 @@ fn demux<F: Frame>(f: &F, u: &Udp) -> Result<Media, Outcome> {
 }
 
 #[inline(always)]
-fn ingress(ctx: &XdpContext, cfg: &IngressConfig) -> Outcome {
+fn ingress(ctx: &XdpContext, state: &IngressState) -> Outcome {
+    let cfg = &state.config;
     let malformed = if cfg.drop_malformed != 0 {
         Outcome::DropMalformed
     } else {
         Outcome::MalformedPassed
     };
-    let u = match parse(ctx, cfg) {
+    let u = match parse(ctx, state) {
         Parsed::NotOurs => return Outcome::NotOurs,
         Parsed::SlowPath => return Outcome::SlowPath,
         Parsed::Malformed => return malformed,
@@ -417,20 +468,16 @@ fn ingress(ctx: &XdpContext, cfg: &IngressConfig) -> Outcome {
         Err(Outcome::DropMalformed) => return malformed,
         Err(outcome) => return outcome,
     };
-    let key = FlowKey {
-        remote_addr: u.src,
-        remote_port: u.sport,
-        local_port: u.dport,
-    };
     // SAFETY: the value is copied out before any other map call.
-    let Some(flow) = (unsafe { FLOWS.get(&key) }).copied() else {
+    let Some(flow) = (unsafe { FLOWS.get(&u.key.0) }).copied() else {
         return if cfg.drop_unknown != 0 {
             Outcome::DropUnknownFlow
         } else {
             Outcome::UnknownPassed
         };
     };
-    if let Media::Rtp { ssrc, first } = media {
+    // With no cap in any room nothing can be over one: skip both lookups.
+    if let (Media::Rtp { ssrc, first }, true) = (media, state.any_room_cap != 0) {
         match over_cap(ctx, &u, ssrc, first) {
             Ok(false) => {}
             Ok(true) => return Outcome::DropLayerCap,
@@ -455,11 +502,11 @@ fn ingress(ctx: &XdpContext, cfg: &IngressConfig) -> Outcome {
     if flow.fanout != 1 {
         return Outcome::DropNoEgress;
     }
-    let dest = flow.dest;
+    let dest = &flow.dest;
     let Some(orig) = Original::read(ctx, &u) else {
         return malformed;
     };
-    if !rewrite(ctx, &u, &orig, &dest) {
+    if !rewrite(ctx, &u, &orig, dest) {
         return Outcome::DropNoEgress;
     }
     // SAFETY: reading a field of the context the kernel passed in.
@@ -610,6 +657,18 @@ impl Original {
     }
 }
 
+/// Sum of the big-endian 16-bit words of `b[from..to]`.
+#[inline(always)]
+fn words_sum<const N: usize>(b: &[u8; N], from: usize, to: usize) -> u32 {
+    let mut sum = 0u32;
+    let mut i = from;
+    while i < to {
+        sum += be16([b[i], b[i + 1]]) as u32;
+        i += 2;
+    }
+    sum
+}
+
 /// Ones' complement sum of the 16-bit words of an address.
 #[inline(always)]
 fn addr_sum(a: &Addr, v6: bool) -> u32 {
@@ -648,7 +707,7 @@ struct NewHeaders {
 
 #[inline(always)]
 fn new_headers(u: &Udp, orig: &Original, dest: &RelayDest) -> NewHeaders {
-    let old_l4 = addr_sum(&u.src, u.v6) + addr_sum(&u.dst, u.v6) + u.sport as u32 + u.dport as u32;
+    let old_l4 = u.addr_sum + u.key.0.remote_port as u32 + u.key.0.local_port as u32;
     let new_l4 = addr_sum(&dest.local_addr, u.v6)
         + addr_sum(&dest.remote_addr, u.v6)
         + dest.local_port as u32
@@ -667,7 +726,7 @@ fn new_headers(u: &Udp, orig: &Original, dest: &RelayDest) -> NewHeaders {
     let ip_csum = if u.v6 {
         0
     } else {
-        let old_ip = addr_sum(&u.src, false) + addr_sum(&u.dst, false) + orig.ttl_word as u32;
+        let old_ip = u.addr_sum + orig.ttl_word as u32;
         let new_ip = addr_sum(&dest.local_addr, false)
             + addr_sum(&dest.remote_addr, false)
             + ttl_word as u32;
@@ -725,22 +784,18 @@ pub fn switchboard_tc_fanout(ctx: TcContext) -> i32 {
     };
     // A failed pull leaves the headers unreadable below, which passes the skb on.
     let _ = ctx.pull_data(pull);
-    let Some(cfg) = INGRESS_CONFIG.get(0).copied() else {
+    let Some(state) = INGRESS_CONFIG.get(0) else {
         return TC_ACT_OK as i32;
     };
-    let Parsed::Ours(u) = parse(&ctx, &cfg) else {
+    let Parsed::Ours(u) = parse(&ctx, state) else {
         return TC_ACT_OK as i32;
     };
     if demux(&ctx, &u).is_err() {
         return TC_ACT_OK as i32;
     }
-    let key = FlowKey {
-        remote_addr: u.src,
-        remote_port: u.sport,
-        local_port: u.dport,
-    };
+    let key = &u.key.0;
     // SAFETY: copied out at once.
-    let Some(flow) = (unsafe { FLOWS.get(&key) }).copied() else {
+    let Some(flow) = (unsafe { FLOWS.get(key) }).copied() else {
         return TC_ACT_OK as i32;
     };
     if flow.action != FLOW_RELAY || flow.fanout < 2 {
@@ -759,7 +814,7 @@ pub fn switchboard_tc_fanout(ctx: TcContext) -> i32 {
     if ttl & 0xff <= 1 {
         return TC_ACT_SHOT as i32;
     }
-    let Some(fan) = FANOUT.get_ptr(&key) else {
+    let Some(fan) = FANOUT.get_ptr(key) else {
         bump(|c| c.clone_failed += flow.fanout as u64);
         return TC_ACT_SHOT as i32;
     };
