@@ -20,21 +20,8 @@ use anyhow::{bail, Context, Result};
 /// Prefix of every namespace a benchmark lab creates; the process id follows.
 const NS_PREFIX: &str = "sbb";
 
-/// Runs `ip` with `args`; an error carries its stderr.
-pub fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip(8) (Debian package iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
+// The namespace plumbing shared with the end-to-end tests.
+pub use e2e::{ip, mac_string, tx_checksum_off};
 
 /// True if `addr` is in 198.18.0.0/15.
 pub fn in_benchmark_range(addr: Ipv4Addr) -> bool {
@@ -260,53 +247,6 @@ fn remove_stale_namespaces() {
             }
         }
     }
-}
-
-/// `aa:bb:cc:dd:ee:ff`.
-pub fn mac_string(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// Turns transmit checksum offload off on `ifname` in the calling thread's
-/// namespace (`ethtool -K IF tx off`).
-pub fn tx_checksum_off(ifname: &str) -> Result<()> {
-    const ETHTOOL_STXCSUM: u32 = 0x17;
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    if ifname.len() >= libc::IFNAMSIZ {
-        bail!("interface name {ifname:?} too long");
-    }
-    let mut value = EthtoolValue {
-        cmd: ETHTOOL_STXCSUM,
-        data: 0,
-    };
-    // SAFETY: zeroed ifreq is valid; the name fits (checked above) and stays
-    // NUL-terminated; ifru_data points at `value`, alive across the ioctl;
-    // the socket is closed on every path.
-    unsafe {
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (dst, src) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
-            *dst = src as libc::c_char;
-        }
-        req.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            bail!("socket: {}", std::io::Error::last_os_error());
-        }
-        let rc = libc::ioctl(fd, libc::SIOCETHTOOL, &mut req);
-        let err = std::io::Error::last_os_error();
-        libc::close(fd);
-        if rc != 0 {
-            bail!("ETHTOOL_STXCSUM off on {ifname}: {err}");
-        }
-    }
-    Ok(())
 }
 
 /// Pins the calling thread to `cpu`.
