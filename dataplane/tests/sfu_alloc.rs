@@ -6,10 +6,7 @@
 //! aws-lc both end in) and counts calls per thread and in total; it is a
 //! binary of its own because the interposition applies to the process.
 
-use std::cell::Cell;
-use std::ffi::c_void;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dataplane::sfu::peer::{test_key, Peer, PeerConfig, PeerLayer};
@@ -20,71 +17,12 @@ use dataplane::sfu::{
 use dataplane::srtp::SrtpProfile;
 use dataplane::worker::{Engine, Worker, WorkerConfig};
 
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-static TOTAL: AtomicU64 = AtomicU64::new(0);
+mod alloc_count;
+use alloc_count::{allocations, total_allocations};
+
 /// The worker test counts allocations of the whole process: the tests of
 /// this binary take turns.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn count() {
-    TOTAL.fetch_add(1, Ordering::Relaxed);
-    // try_with: the allocator also runs while thread-locals are torn down.
-    let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
-}
-
-fn allocations() -> u64 {
-    ALLOCATIONS.with(Cell::get)
-}
-
-extern "C" {
-    fn __libc_malloc(size: usize) -> *mut c_void;
-    fn __libc_calloc(n: usize, size: usize) -> *mut c_void;
-    fn __libc_realloc(ptr: *mut c_void, size: usize) -> *mut c_void;
-    fn __libc_memalign(align: usize, size: usize) -> *mut c_void;
-}
-
-#[no_mangle]
-unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
-    count();
-    __libc_malloc(size)
-}
-
-#[no_mangle]
-unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
-    count();
-    __libc_calloc(n, size)
-}
-
-#[no_mangle]
-unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
-    count();
-    __libc_realloc(ptr, size)
-}
-
-#[no_mangle]
-unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
-    count();
-    __libc_memalign(align, size)
-}
-
-#[no_mangle]
-unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
-    count();
-    __libc_memalign(align, size)
-}
-
-#[no_mangle]
-unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> i32 {
-    count();
-    let p = __libc_memalign(align, size);
-    if p.is_null() {
-        return 12;
-    }
-    *out = p;
-    0
-}
 
 const ROOM: RoomId = RoomId(3);
 
@@ -309,7 +247,7 @@ fn the_io_uring_worker_allocates_nothing_in_steady_state() {
     while start.elapsed() < total {
         let t = start.elapsed();
         if counted_from.is_none() && t >= Duration::from_millis(1500) {
-            counted_from = Some((TOTAL.load(Ordering::Relaxed), worker.counters()));
+            counted_from = Some((total_allocations(), worker.counters()));
         }
         if t >= next_audio {
             for (i, peer) in peers.iter_mut().enumerate() {
@@ -336,7 +274,7 @@ fn the_io_uring_worker_allocates_nothing_in_steady_state() {
         std::thread::sleep(Duration::from_micros(300));
     }
     let (before, counters_before) = counted_from.unwrap();
-    let during = TOTAL.load(Ordering::Relaxed) - before;
+    let during = total_allocations() - before;
     let counters = worker.counters();
     let forwarded = counters.tx_datagrams - counters_before.tx_datagrams;
     assert!(forwarded > 500, "{counters:?}");

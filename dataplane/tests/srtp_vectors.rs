@@ -11,74 +11,10 @@
 //! tests inside the module (they need session keys, which the public API
 //! never takes); libsrtp interop is in `srtp_libsrtp.rs`.
 
-use std::cell::Cell;
-use std::ffi::c_void;
-
 use dataplane::srtp::{MasterKey, SrtpContext, SrtpProfile};
 
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn count() {
-    ALLOCATIONS.with(|c| c.set(c.get() + 1));
-}
-
-fn allocations() -> u64 {
-    ALLOCATIONS.with(Cell::get)
-}
-
-extern "C" {
-    fn __libc_malloc(size: usize) -> *mut c_void;
-    fn __libc_calloc(n: usize, size: usize) -> *mut c_void;
-    fn __libc_realloc(ptr: *mut c_void, size: usize) -> *mut c_void;
-    fn __libc_memalign(align: usize, size: usize) -> *mut c_void;
-}
-
-#[no_mangle]
-unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
-    count();
-    __libc_malloc(size)
-}
-
-#[no_mangle]
-unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
-    count();
-    __libc_calloc(n, size)
-}
-
-#[no_mangle]
-unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
-    count();
-    __libc_realloc(ptr, size)
-}
-
-#[no_mangle]
-unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
-    count();
-    __libc_memalign(align, size)
-}
-
-#[no_mangle]
-unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
-    count();
-    __libc_memalign(align, size)
-}
-
-#[no_mangle]
-unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> i32 {
-    count();
-    let p = __libc_memalign(align, size);
-    if p.is_null() {
-        return libc_enomem();
-    }
-    *out = p;
-    0
-}
-
-fn libc_enomem() -> i32 {
-    12
-}
+mod alloc_count;
+use alloc_count::allocations;
 
 fn rtp(seq: u16, ssrc: u32, payload: usize, buf: &mut [u8]) -> usize {
     // One CSRC and a one-byte-header extension, as browsers send video.
