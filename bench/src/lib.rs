@@ -6,6 +6,7 @@ pub mod bencode;
 pub mod frame;
 pub mod lab;
 pub mod rtpengine;
+pub mod sfu_search;
 pub mod stop;
 pub mod traffic;
 pub mod xdp_bench;

@@ -117,6 +117,11 @@ impl Rtpengine {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
+                // A session of its own is an autogroup of its own, whose
+                // priority is raised below (see `lab::BENCH_NICE`).
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -136,6 +141,8 @@ impl Rtpengine {
             ng,
             cookie: 0,
         };
+        // Dropping `engine` on an error kills the daemon.
+        crate::lab::prioritize_autogroup(engine.child.id())?;
         engine.wait_ready()?;
         Ok(engine)
     }

@@ -266,6 +266,11 @@ impl AppState {
         &self.config
     }
 
+    /// The media plane behind the API.
+    pub fn media(&self) -> &Arc<dyn MediaPlane> {
+        &self.media
+    }
+
     /// Applies what SIGHUP may change.
     pub fn reload(&self, new: &Config) {
         self.live.lock().expect("lock").token_lifetime_secs = new.tokens.lifetime_secs;
@@ -434,6 +439,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/admin/overload", get(get_overload).put(put_overload))
         .route("/v1/admin/stats", get(stats))
+        .merge(crate::web::router())
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_requests,
@@ -527,6 +533,18 @@ async fn create_consult(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "residency must be 1-32 letters, digits, '-' or '_'",
+        ));
+    }
+    // The region map decides which jurisdictions this box may carry.
+    if let Err(refusal) = crate::placement::admit_locally(&state.config.regions, &req.residency) {
+        let mut e = AuditEvent::now(EventKind::ConsultRefused, &state.config.regions.name);
+        e.remote = Some(peer.to_string());
+        e.detail = Some(format!("residency={}", req.residency));
+        state.record(&e).await;
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "residency",
+            refusal.to_string(),
         ));
     }
     let level = state.level();
@@ -760,7 +778,10 @@ async fn signal(
     let offer = std::str::from_utf8(&body)
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_sdp", "the offer is not UTF-8"))?;
     // The room's worker owns one port; every leg of the room uses it.
-    let port = state.config.media.port_min + (room % u32::from(state.workers)) as u16;
+    let port = state
+        .media
+        .media_port(room)
+        .unwrap_or_else(|| state.config.media.port_min + (room % u32::from(state.workers)) as u16);
     let local_addr = SocketAddr::new(state.config.media.advertised_addresses[0], port);
     let local = LocalDescription {
         ice: IceCredentials {

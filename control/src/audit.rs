@@ -52,7 +52,8 @@ pub enum EventKind {
     LegSubscribe,
     /// A leg ended.
     LegEnded,
-    /// A new consult was refused (overload level 4 or draining).
+    /// A new consult was refused (overload level 4, draining, or its
+    /// residency excludes this region).
     ConsultRefused,
     /// The overload level changed.
     OverloadLevel,

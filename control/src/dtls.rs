@@ -79,7 +79,9 @@ impl DtlsError {
     }
 }
 
-/// This appliance's DTLS certificate and key, generated at start.
+/// This appliance's DTLS certificate and key, generated at start. Cloning
+/// shares the same OpenSSL context.
+#[derive(Clone)]
 pub struct DtlsIdentity {
     context: SslContext,
     fingerprint: Vec<u8>,
@@ -319,6 +321,26 @@ impl DtlsServer {
             State::Handshaking | State::Connected => {}
         }
         self.stream.get_mut().push_incoming(datagram);
+        self.drive()
+    }
+
+    /// Whether the handshake is still running.
+    pub fn is_handshaking(&self) -> bool {
+        self.state == State::Handshaking
+    }
+
+    /// Lets OpenSSL retransmit its last handshake flight if its timer
+    /// expired (it checks the timer whenever it is asked to read; the
+    /// datagrams come out of [`Self::poll_transmit`]). Without this a lost
+    /// final server flight would wait for the client to retransmit.
+    pub fn handle_timeout(&mut self) -> Result<Option<DtlsEvent>, DtlsError> {
+        if self.state != State::Handshaking {
+            return Ok(None);
+        }
+        self.drive()
+    }
+
+    fn drive(&mut self) -> Result<Option<DtlsEvent>, DtlsError> {
         if self.state == State::Handshaking {
             return match self.stream.accept() {
                 Ok(()) => match self.finish_handshake() {

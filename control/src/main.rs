@@ -25,6 +25,9 @@ enum Command {
     /// Report this host's NICs and CPU for the fast path, and what to fix.
     /// Exits non-zero if XDP cannot run at all.
     Hw(HwArgs),
+    /// Size a deployment: concurrency, egress, boxes per region, monthly
+    /// egress volume, and a chart of demand against capacity.
+    Plan(switchboard_control::plan::cli::PlanArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -64,6 +67,7 @@ fn main() -> Result<()> {
         Command::Demo(args) => demo::run(&args),
         Command::Run(args) => run(args, handle, env_set),
         Command::Hw(args) => hw(&args),
+        Command::Plan(args) => switchboard_control::plan::cli::run(&args),
     }
 }
 
@@ -72,7 +76,7 @@ fn run<S: 'static>(
     handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
     env_set: bool,
 ) -> Result<()> {
-    use switchboard_control::{config, media, server};
+    use switchboard_control::{config, server};
     if args.print_config {
         print!("{}", config::DEFAULT_TOML);
         return Ok(());
@@ -89,19 +93,10 @@ fn run<S: 'static>(
         set_level(&config.log.level).map_err(anyhow::Error::msg)?;
         Box::new(set_level)
     };
-    // The media plane behind the API is the recording implementation until
-    // the SFU workers are driven from here; say so, so nobody expects media.
-    tracing::warn!(
-        "media workers are not attached to `switchboard run` in this release: \
-         consults, tokens, WHIP/WHEP negotiation, overload policy and audit work, \
-         but no media is forwarded"
-    );
-    let media: std::sync::Arc<dyn media::MediaPlane> =
-        std::sync::Arc::new(media::InMemoryMediaPlane::new());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(server::run(config, args.config, media, log))?;
+    runtime.block_on(server::run(config, args.config, log))?;
     Ok(())
 }
 

@@ -11,7 +11,10 @@
 //! ICE credentials, the participant's DTLS fingerprint), and
 //! [`MediaPlane::activate_leg`] once ICE has nominated a 5-tuple and DTLS
 //! has produced the SRTP keys (see [`crate::session`], which the worker
-//! owning the leg's UDP port drives).
+//! owning the leg's UDP port drives). [`worker::WorkerMediaPlane`] is the
+//! implementation over the SFU workers.
+
+pub mod worker;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -117,6 +120,13 @@ pub trait MediaPlane: Send + Sync + 'static {
     fn set_room_cap(&self, room: u32, cap: RoomCap) -> Result<(), MediaError>;
     /// Current counters.
     fn stats(&self) -> MediaStats;
+    /// The UDP port a room's legs use, when the media plane decides it
+    /// (`None`: the API derives it from the configured port range).
+    fn media_port(&self, _room: u32) -> Option<u16> {
+        None
+    }
+    /// Stops forwarding and releases the media resources (at exit).
+    fn shutdown(&self) {}
 }
 
 #[derive(Debug, Default)]

@@ -13,6 +13,7 @@ use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::drain::DrainAction;
 use crate::dtls::DtlsIdentity;
+use crate::media::worker::WorkerMediaPlane;
 use crate::media::MediaPlane;
 use crate::metrics::{ControlMetrics, Registry};
 use crate::overload::LoadSample;
@@ -32,6 +33,9 @@ pub enum StartError {
     /// DTLS identity generation failed.
     #[error(transparent)]
     Dtls(#[from] crate::dtls::DtlsError),
+    /// The media workers did not start.
+    #[error(transparent)]
+    Media(#[from] crate::media::worker::StartError),
     /// Binding the HTTP listener failed.
     #[error("binding {addr}: {source}")]
     Bind {
@@ -49,10 +53,25 @@ fn read_file(key: &'static str, path: &str) -> Result<Vec<u8>, StartError> {
     })
 }
 
-/// Builds the state for `config` over `media`.
+/// Builds the state for `config` over `media`, with a fresh DTLS identity
+/// and metrics registry.
 pub fn build_state(
     config: Config,
     media: Arc<dyn MediaPlane>,
+) -> Result<Arc<AppState>, StartError> {
+    let identity = DtlsIdentity::generate()?;
+    tracing::info!(fingerprint = %identity.fingerprint_sdp(), "DTLS certificate generated");
+    let metrics = ControlMetrics::new(Arc::new(Registry::new()));
+    build_state_with(config, media, identity, metrics)
+}
+
+/// Builds the state for `config` over `media`, using `identity` (which the
+/// media plane's DTLS sessions must share) and `metrics`.
+pub fn build_state_with(
+    config: Config,
+    media: Arc<dyn MediaPlane>,
+    identity: DtlsIdentity,
+    metrics: ControlMetrics,
 ) -> Result<Arc<AppState>, StartError> {
     let signer = if config.tokens.signing_key_file.is_empty() {
         tracing::warn!(
@@ -102,9 +121,6 @@ pub fn build_state(
         key: "audit.path",
         reason: format!("opening {}: {e}", config.audit.path.display()),
     })?;
-    let identity = DtlsIdentity::generate()?;
-    tracing::info!(fingerprint = %identity.fingerprint_sdp(), "DTLS certificate generated");
-    let metrics = ControlMetrics::new(Arc::new(Registry::new()));
     Ok(Arc::new(AppState::new(
         config,
         signer,
@@ -280,15 +296,51 @@ pub enum RunError {
     Io(#[from] std::io::Error),
 }
 
-/// Runs the appliance until SIGTERM (or SIGINT) has drained it.
+/// Starts the media workers of `config` and the state over them.
+pub fn build_state_over_workers(config: Config) -> Result<Arc<AppState>, StartError> {
+    let identity = DtlsIdentity::generate()?;
+    tracing::info!(fingerprint = %identity.fingerprint_sdp(), "DTLS certificate generated");
+    let metrics = ControlMetrics::new(Arc::new(Registry::new()));
+    let media: Arc<dyn MediaPlane> = Arc::new(WorkerMediaPlane::start(
+        &config.media,
+        identity.clone(),
+        metrics.clone(),
+    )?);
+    build_state_with(config, media, identity, metrics)
+}
+
+/// Runs the appliance over the SFU workers until SIGTERM (or SIGINT) has
+/// drained it; the workers stop on the way out.
 pub async fn run(
+    config: Config,
+    config_path: Option<PathBuf>,
+    log: LogReload,
+) -> Result<(), RunError> {
+    let state = build_state_over_workers(config)?;
+    let result = run_state(state.clone(), config_path, log).await;
+    state.media().shutdown();
+    result
+}
+
+/// Runs the appliance over `media` until SIGTERM (or SIGINT) has drained
+/// it.
+pub async fn run_with(
     config: Config,
     config_path: Option<PathBuf>,
     media: Arc<dyn MediaPlane>,
     log: LogReload,
 ) -> Result<(), RunError> {
+    let state = build_state(config, media)?;
+    run_state(state, config_path, log).await
+}
+
+async fn run_state(
+    state: Arc<AppState>,
+    config_path: Option<PathBuf>,
+    log: LogReload,
+) -> Result<(), RunError> {
     use tokio::signal::unix::{signal, SignalKind};
-    let state = build_state(config, media.clone())?;
+    let media = state.media().clone();
     let server = Server::start(state.clone()).await?;
     spawn_load_sampler(state.clone(), media);
     let mut term = signal(SignalKind::terminate())?;

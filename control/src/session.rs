@@ -9,7 +9,7 @@
 //! the handshake (and its CPU) is only spent on the participant.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::dtls::{DtlsError, DtlsEvent, DtlsIdentity, DtlsServer, SrtpKeys};
 use crate::ice::{IceEvent, IceLiteAgent, Rejection};
@@ -45,6 +45,10 @@ pub enum SessionError {
     Unknown,
 }
 
+/// How often a running DTLS handshake is given the chance to retransmit
+/// (OpenSSL's own timer, starting at one second, decides whether it does).
+pub const DTLS_TIMER_CHECK: Duration = Duration::from_millis(250);
+
 /// ICE + DTLS of one leg.
 #[derive(Debug)]
 pub struct LegSession {
@@ -54,6 +58,8 @@ pub struct LegSession {
     ready: bool,
     dead: bool,
     transmit: Vec<(SocketAddr, Vec<u8>)>,
+    /// The address the handshake runs with and when to check its timer.
+    dtls_timer: Option<(SocketAddr, Instant)>,
 }
 
 impl LegSession {
@@ -75,6 +81,7 @@ impl LegSession {
             ready: false,
             dead: false,
             transmit: Vec::new(),
+            dtls_timer: None,
         })
     }
 
@@ -119,19 +126,30 @@ impl LegSession {
                 while let Some(d) = self.dtls.poll_transmit() {
                     self.transmit.push((remote, d));
                 }
-                match event? {
-                    Some(DtlsEvent::KeysReady(keys)) => {
-                        self.keys = Some(keys);
-                        Ok(self.try_ready())
-                    }
-                    Some(DtlsEvent::Closed) => {
-                        self.dead = true;
-                        Ok(Some(SessionEvent::Dead))
-                    }
-                    None => Ok(None),
-                }
+                self.dtls_timer = self
+                    .dtls
+                    .is_handshaking()
+                    .then_some((remote, now + DTLS_TIMER_CHECK));
+                self.dtls_event(event)
             }
             _ => Err(SessionError::Unknown),
+        }
+    }
+
+    fn dtls_event(
+        &mut self,
+        event: Result<Option<DtlsEvent>, DtlsError>,
+    ) -> Result<Option<SessionEvent>, SessionError> {
+        match event? {
+            Some(DtlsEvent::KeysReady(keys)) => {
+                self.keys = Some(keys);
+                Ok(self.try_ready())
+            }
+            Some(DtlsEvent::Closed) => {
+                self.dead = true;
+                Ok(Some(SessionEvent::Dead))
+            }
+            None => Ok(None),
         }
     }
 
@@ -152,11 +170,36 @@ impl LegSession {
 
     /// When [`Self::poll`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.ice.poll_timeout()
+        let ice = self.ice.poll_timeout();
+        match (ice, self.dtls_timer) {
+            (Some(i), Some((_, d))) => Some(i.min(d)),
+            (i, d) => i.or(d.map(|(_, d)| d)),
+        }
     }
 
-    /// Advances the clock.
-    pub fn poll(&mut self, now: Instant) -> Option<SessionEvent> {
+    /// Advances the clock: DTLS retransmissions (queued for
+    /// [`Self::drain_transmit`]) and ICE consent. A handshake that fails
+    /// here is reported as `Err`, like one that fails on a datagram.
+    pub fn poll(&mut self, now: Instant) -> Result<Option<SessionEvent>, SessionError> {
+        if let Some((remote, at)) = self.dtls_timer {
+            if now >= at && !self.dead {
+                let event = self.dtls.handle_timeout();
+                while let Some(d) = self.dtls.poll_transmit() {
+                    self.transmit.push((remote, d));
+                }
+                self.dtls_timer = self
+                    .dtls
+                    .is_handshaking()
+                    .then_some((remote, now + DTLS_TIMER_CHECK));
+                if let Some(e) = self.dtls_event(event)? {
+                    return Ok(Some(e));
+                }
+            }
+        }
+        Ok(self.poll_consent(now))
+    }
+
+    fn poll_consent(&mut self, now: Instant) -> Option<SessionEvent> {
         match self.ice.poll(now) {
             Some(IceEvent::ConsentExpired) if !self.dead => {
                 self.dead = true;
@@ -267,6 +310,6 @@ mod tests {
             Some(SessionEvent::Ready(t)) => assert_eq!(t.remote, peer),
             other => panic!("expected Ready, got {other:?}"),
         }
-        assert!(s.poll(t0 + crate::ice::CONSENT_TIMEOUT).is_some());
+        assert!(s.poll(t0 + crate::ice::CONSENT_TIMEOUT).unwrap().is_some());
     }
 }

@@ -27,6 +27,11 @@ struct Harness {
 
 impl Harness {
     async fn start(name: &str) -> Self {
+        Self::start_with_regions(name, "").await
+    }
+
+    /// `regions` is appended to the `[regions]` table (a region map).
+    async fn start_with_regions(name: &str, regions: &str) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "switchboard-http-{name}-{}-{}",
             std::process::id(),
@@ -44,7 +49,7 @@ impl Harness {
              [media]\nadvertised_addresses = [\"198.18.0.1\"]\nworkers = 2\n\
              [tokens]\nsigning_key_file = \"{}\"\n\
              [audit]\npath = \"{}\"\nfsync = \"group\"\ngroup_commit_ms = 5\n\
-             [regions]\nname = \"eu-west\"\n[drain]\ntimeout_secs = 30\n",
+             [regions]\nname = \"eu-west\"\n{regions}\n[drain]\ntimeout_secs = 30\n",
             key_file.display(),
             dir.join("audit.jsonl").display()
         );
@@ -540,4 +545,62 @@ async fn drain_refuses_new_consults_and_ends_when_consults_end() {
     assert_eq!(remaining, 0);
     h.server.shutdown().await.unwrap();
     std::fs::remove_dir_all(&h.dir).unwrap();
+}
+
+/// With a region map, a consult whose residency tag excludes this
+/// appliance's region is refused with the reason, audited, and not created.
+#[tokio::test]
+async fn residency_outside_this_region_is_refused_with_the_reason() {
+    let h = Harness::start_with_regions(
+        "residency",
+        "[[regions.region]]\nname = \"eu-west\"\njurisdictions = [\"eu\"]\n\
+         appliances = [\"sb-eu-1\"]\n\
+         [[regions.region]]\nname = \"us-east\"\njurisdictions = [\"us\"]\n\
+         appliances = [\"sb-us-1\"]\n\
+         [regions.latency_ms.eu-west]\nus-east = 40\n",
+    )
+    .await;
+    let create = |tag: &str| {
+        h.admin_post(
+            "/v1/consults",
+            json!({"priority": "routine", "residency": tag}),
+        )
+    };
+    // A German patient (country code) and an EU tag may use this EU box.
+    for tag in ["de", "eu"] {
+        let r = create(tag).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "{tag}");
+    }
+    // A US-only consult may not, even though this box is idle.
+    let r = create("us").await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"], "residency", "{e}");
+    let message = e["reason"].as_str().unwrap_or_default().to_owned();
+    assert!(message.contains("us") && message.contains("eu-west"), "{e}");
+    // An unknown tag is refused too, never placed by default.
+    let r = create("atlantis").await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    let list: Value = h
+        .http
+        .get(h.url("/v1/consults"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let consults = list
+        .as_array()
+        .or_else(|| list["consults"].as_array())
+        .map_or(0, Vec::len);
+    assert_eq!(consults, 2, "{list}");
+    let refused = h
+        .audit_lines()
+        .iter()
+        .filter(|l| l["event"] == "consult_refused")
+        .count();
+    assert_eq!(refused, 2, "{:?}", h.audit_lines());
 }

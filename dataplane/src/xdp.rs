@@ -7,15 +7,22 @@
 //! [`XdpIngress`] owns the loaded programs, their attachments (XDP on each
 //! media interface, TC clsact ingress for fan-out) and the typed map API:
 //! local addresses, relay flows, streams and room layer caps. Everything is
-//! detached when it is dropped. [`XdpPass`] puts an `XDP_PASS` program on an
+//! detached when it is dropped. A local port with exactly one IPv4 flow is
+//! also published in a direct port index the program checks before the
+//! flow map (see `index`). [`XdpPass`] puts an `XDP_PASS` program on an
 //! interface that must accept native `XDP_TX`/`XDP_REDIRECT` frames (a veth
 //! peer). [`Reflector`], [`LiveGenerator`] and [`SinkCounter`] load the
 //! forwarding benchmark's baseline, traffic generator and sink.
 
+mod index;
 mod reflect;
 mod spec;
 
-use std::{collections::BTreeSet, net::IpAddr, time::Duration};
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use aya::{
     maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray},
@@ -26,8 +33,9 @@ use aya::{
     Ebpf, Pod,
 };
 use switchboard_common::{
-    map_names, program_names, Addr, Counters, Fanout, Flow, FlowKey, IngressConfig, IngressState,
-    RoomCap, Stream, LOCAL_ADDRS_INLINE, LOCAL_ADDRS_IN_MAP, MAX_FANOUT,
+    map_names, program_names, Addr, Counters, Fanout, Flow, FlowKey, FlowKeyV4, FlowSlot,
+    IngressConfig, IngressState, RoomCap, Stream, FLOW_SLOTS, LOCAL_ADDRS_INLINE,
+    LOCAL_ADDRS_IN_MAP, MAX_FANOUT,
 };
 
 pub use reflect::{LiveGenerator, Reflector, SinkCounter, MAX_LIVE_BATCH, MIN_GENERATED_FRAME};
@@ -201,6 +209,8 @@ pub struct XdpIngress {
     xdp_links: Vec<XdpAttachment>,
     tc_links: Vec<TcAttachment>,
     egress: BTreeSet<u32>,
+    /// IPv4 flows per local port and the direct port index over them.
+    port_index: index::PortIndex,
 }
 
 impl XdpIngress {
@@ -227,6 +237,7 @@ impl XdpIngress {
             xdp_links: Vec::new(),
             tc_links: Vec::new(),
             egress: BTreeSet::new(),
+            port_index: index::PortIndex::new(FLOW_SLOTS),
         };
         ingress.set_config(config)?;
         Ok(ingress)
@@ -423,13 +434,25 @@ impl XdpIngress {
                 source,
             })?;
         }
-        let mut flows = self.hash_map::<FlowKey, Flow>(map_names::FLOWS)?;
-        flows
-            .insert(key, values.flow, 0)
-            .map_err(|source| XdpError::Map {
-                what: "writing a flow",
-                source,
-            })?;
+        let written = match key.v4() {
+            Some(key4) => self
+                .hash_map::<FlowKeyV4, Flow>(map_names::FLOWS_V4)?
+                .insert(key4, values.flow, 0),
+            None => self
+                .hash_map::<FlowKey, Flow>(map_names::FLOWS)?
+                .insert(key, values.flow, 0),
+        };
+        written.map_err(|source| XdpError::Map {
+            what: "writing a flow",
+            source,
+        })?;
+        if let Some(key4) = key.v4() {
+            // After the map insert: a sender the index does not (yet) name
+            // is always found in the map.
+            self.port_index
+                .add(key4.local_port, (key4.remote_addr, key4.remote_port));
+            self.sync_port_index(key4.local_port)?;
+        }
         if values.fanout.is_none() {
             let mut fanout = self.hash_map::<FlowKey, Fanout>(map_names::FANOUT)?;
             remove_if_present(&mut fanout, &key, "removing a stale fan-out")?;
@@ -437,13 +460,131 @@ impl XdpIngress {
         Ok(())
     }
 
+    /// Points the port's index entry at a fresh slot holding its only IPv4
+    /// flow, or clears it when the port has none or several. A published
+    /// slot is never rewritten (see [`FlowSlot`]): the new value goes into
+    /// another slot and the index switches to it with one 4-byte store. With
+    /// every slot in use or in quarantine the port is left to the flow map.
+    fn sync_port_index(&mut self, port: u16) -> Result<(), XdpError> {
+        let now = Instant::now();
+        let Some((remote_addr, remote_port)) = self.port_index.sole_remote(port) else {
+            return self.unpublish_port(port, now);
+        };
+        let key4 = FlowKeyV4 {
+            remote_addr,
+            remote_port,
+            local_port: port,
+        };
+        let flow = self
+            .hash_map::<FlowKeyV4, Flow>(map_names::FLOWS_V4)?
+            .get(&key4, 0)
+            .map_err(|source| XdpError::Map {
+                what: "reading a flow to index",
+                source,
+            })?;
+        let Some(slot) = self.port_index.take_slot(now) else {
+            tracing::debug!(
+                port,
+                "no free flow slot; the port is served by the flow map"
+            );
+            return self.unpublish_port(port, now);
+        };
+        let value = FlowSlot {
+            flow,
+            remote_addr,
+            remote_port,
+            _pad: [0; 2],
+        };
+        let written = self
+            .array::<FlowSlot>(map_names::FLOW_SLOTS)
+            .and_then(|mut slots| {
+                slots.set(slot, value, 0).map_err(|source| XdpError::Map {
+                    what: "writing a flow slot",
+                    source,
+                })
+            })
+            .and_then(|()| self.write_port_index(port, slot + 1));
+        if let Err(err) = written {
+            // Not published: nothing can be reading it.
+            self.port_index.put_back(slot);
+            return Err(err);
+        }
+        self.port_index.set_published(port, Some(slot), now);
+        Ok(())
+    }
+
+    /// Clears the port's index entry (if set); its slot goes into quarantine.
+    fn unpublish_port(&mut self, port: u16, now: Instant) -> Result<(), XdpError> {
+        if self.port_index.published(port).is_some() {
+            self.write_port_index(port, 0)?;
+            self.port_index.set_published(port, None, now);
+        }
+        Ok(())
+    }
+
+    fn write_port_index(&mut self, port: u16, value: u32) -> Result<(), XdpError> {
+        let mut index = self.array::<u32>(map_names::PORT_INDEX)?;
+        index
+            .set(u32::from(port), value, 0)
+            .map_err(|source| XdpError::Map {
+                what: "writing the port index",
+                source,
+            })
+    }
+
+    fn array<V: Pod>(&mut self, name: &'static str) -> Result<Array<&mut MapData, V>, XdpError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(XdpError::Missing { kind: "map", name })?;
+        Array::try_from(map).map_err(|source| XdpError::Map {
+            what: "opening an array map",
+            source,
+        })
+    }
+
     /// Removes a flow; its packets then count as unknown. Removing an absent one is not an error.
     pub fn remove_flow(&mut self, flow: &FlowMatch) -> Result<(), XdpError> {
         let key = flow.key();
-        let mut flows = self.hash_map::<FlowKey, Flow>(map_names::FLOWS)?;
-        remove_if_present(&mut flows, &key, "removing a flow")?;
+        match key.v4() {
+            Some(key4) => {
+                let port = key4.local_port;
+                let known = self
+                    .port_index
+                    .remove(port, (key4.remote_addr, key4.remote_port));
+                // The index entry goes first, so nothing reaches the flow
+                // through it once it is gone from the map.
+                if known {
+                    self.unpublish_port(port, Instant::now())?;
+                }
+                let mut flows = self.hash_map::<FlowKeyV4, Flow>(map_names::FLOWS_V4)?;
+                remove_if_present(&mut flows, &key4, "removing a flow")?;
+                if known {
+                    // The port's remaining sender, if only one is left.
+                    self.sync_port_index(port)?;
+                }
+            }
+            None => {
+                let mut flows = self.hash_map::<FlowKey, Flow>(map_names::FLOWS)?;
+                remove_if_present(&mut flows, &key, "removing a flow")?;
+            }
+        }
         let mut fanout = self.hash_map::<FlowKey, Fanout>(map_names::FANOUT)?;
         remove_if_present(&mut fanout, &key, "removing a flow's fan-out")
+    }
+
+    /// True if the program finds the flows of `local_port` through the
+    /// direct port index (the port has exactly one IPv4 flow) rather than
+    /// the flow map. Read from the kernel's map, not the loader's bookkeeping.
+    pub fn port_indexed(&mut self, local_port: u16) -> Result<bool, XdpError> {
+        let index = self.array::<u32>(map_names::PORT_INDEX)?;
+        let entry = index
+            .get(&u32::from(local_port), 0)
+            .map_err(|source| XdpError::Map {
+                what: "reading the port index",
+                source,
+            })?;
+        Ok(entry != 0)
     }
 
     /// Adds or replaces what is known about the stream with this SSRC.

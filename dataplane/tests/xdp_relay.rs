@@ -953,9 +953,18 @@ fn hostile_ipv6_and_vlan_shapes_are_never_forwarded() {
     for (frame, what) in &dropped {
         assert_dropped(&mut xdp, frame, what);
     }
+    // An IPv6 packet whose source is the IPv4 sender's address, v4-mapped:
+    // it is no packet of the IPv4 flow (IPv4 flows are looked up apart).
+    let mapped = Datagram::new(
+        "[::ffff:198.18.0.1]:5004",
+        LOCAL6,
+        rtp(77, 1, None, &[0x5a; 40]),
+    );
+    assert_dropped(&mut xdp, &mapped.frame(), "v4-mapped IPv6 sender");
     let c = xdp.counters().expect("counters");
     assert_eq!(c.forwarded(), 0, "{c:?}");
     assert_eq!(c.drop_malformed, dropped.len() as u64, "{c:?}");
+    assert_eq!(c.drop_unknown_flow, 1, "{c:?}");
     assert_balanced(&c);
 }
 
@@ -1090,4 +1099,134 @@ fn invalid_flows_streams_and_caps_are_refused() {
         xdp.add_egress("no-such-if0"),
         Err(XdpError::UnknownInterface(_))
     ));
+}
+
+fn flow_match(sender: &str, local: &str) -> FlowMatch {
+    FlowMatch {
+        remote: sock(sender),
+        local_port: sock(local).port(),
+    }
+}
+
+#[test]
+fn a_port_with_one_ipv4_sender_is_relayed_through_the_port_index() {
+    if !privileged_or_skip() {
+        return;
+    }
+    let mut xdp = relay_ingress(true);
+    assert!(!xdp.port_indexed(MEDIA_PORT).expect("index"));
+    relay_flow(&mut xdp, SENDER4, LOCAL4, EGRESS4, RECEIVER4);
+    assert!(xdp.port_indexed(MEDIA_PORT).expect("index"));
+    let d = Datagram::new(SENDER4, LOCAL4, rtp(9, 1, None, b"indexed"));
+    let out = run(&mut xdp, &d.frame());
+    assert_eq!(out.action, XdpAction::Tx);
+    assert_relayed(&d, &out.frame, EGRESS4, RECEIVER4);
+    // Another sender, or the sender from another port, on the indexed port
+    // misses the index and the flow map: unknown, as before.
+    for unknown in ["198.18.0.66:5004", "198.18.0.1:5005"] {
+        let frame = Datagram::new(unknown, LOCAL4, rtp(9, 1, None, b"m")).frame();
+        assert_dropped(&mut xdp, &frame, "unknown sender on an indexed port");
+    }
+    // IPv6 flows never use the index.
+    relay_flow(&mut xdp, SENDER6, "[2001:2::2]:40001", EGRESS6, RECEIVER6);
+    assert!(!xdp.port_indexed(MEDIA_PORT + 1).expect("index"));
+    let c = xdp.counters().expect("counters");
+    assert_eq!((c.tx, c.drop_unknown_flow), (1, 2), "{c:?}");
+    assert_balanced(&c);
+}
+
+#[test]
+fn a_port_shared_by_two_ipv4_senders_falls_back_to_the_flow_map() {
+    if !privileged_or_skip() {
+        return;
+    }
+    const SECOND: &str = "198.18.0.9:7000";
+    const RECEIVER2: &str = "198.18.1.8:6002";
+    let mut xdp = relay_ingress(true);
+    relay_flow(&mut xdp, SENDER4, LOCAL4, EGRESS4, RECEIVER4);
+    relay_flow(&mut xdp, SECOND, LOCAL4, EGRESS4, RECEIVER2);
+    assert!(!xdp.port_indexed(MEDIA_PORT).expect("index"));
+    let first = Datagram::new(SENDER4, LOCAL4, rtp(1, 1, None, b"first"));
+    let second = Datagram::new(SECOND, LOCAL4, rtp(2, 1, None, b"second"));
+    for (d, receiver) in [(&first, RECEIVER4), (&second, RECEIVER2)] {
+        let out = run(&mut xdp, &d.frame());
+        assert_eq!(out.action, XdpAction::Tx);
+        assert_relayed(d, &out.frame, EGRESS4, receiver);
+    }
+    // Back to one sender: the port is indexed again, for the one left.
+    xdp.remove_flow(&flow_match(SENDER4, LOCAL4))
+        .expect("remove");
+    assert!(xdp.port_indexed(MEDIA_PORT).expect("index"));
+    assert_dropped(&mut xdp, &first.frame(), "removed sender");
+    let out = run(&mut xdp, &second.frame());
+    assert_eq!(out.action, XdpAction::Tx);
+    assert_relayed(&second, &out.frame, EGRESS4, RECEIVER2);
+    let c = xdp.counters().expect("counters");
+    assert_eq!((c.tx, c.drop_unknown_flow), (3, 1), "{c:?}");
+    assert_balanced(&c);
+}
+
+#[test]
+fn replacing_an_indexed_flow_switches_every_following_frame_whole() {
+    if !privileged_or_skip() {
+        return;
+    }
+    let receivers = ["198.18.1.7:6000", "198.18.1.9:6100"];
+    let egresses = ["198.18.1.2:40010", "198.18.1.3:40020"];
+    let mut xdp = relay_ingress(true);
+    let d = Datagram::new(SENDER4, LOCAL4, rtp(5, 1, None, b"flip"));
+    let frame = d.frame();
+    // Each replacement publishes a fresh slot (the old one waits in
+    // quarantine); every frame is checked against the flow it was sent under.
+    for i in 0..300 {
+        let (egress, receiver) = (egresses[i % 2], receivers[i % 2]);
+        relay_flow(&mut xdp, SENDER4, LOCAL4, egress, receiver);
+        assert!(xdp.port_indexed(MEDIA_PORT).expect("index"));
+        for _ in 0..3 {
+            let out = run(&mut xdp, &frame);
+            assert_eq!(out.action, XdpAction::Tx, "replacement {i}");
+            assert_relayed(&d, &out.frame, egress, receiver);
+        }
+    }
+    let c = xdp.counters().expect("counters");
+    assert_eq!(c.tx, 900, "{c:?}");
+    assert_balanced(&c);
+}
+
+#[test]
+fn removing_an_indexed_flow_clears_the_index_and_the_flow() {
+    if !privileged_or_skip() {
+        return;
+    }
+    let mut xdp = relay_ingress(true);
+    relay_flow(&mut xdp, SENDER4, LOCAL4, EGRESS4, RECEIVER4);
+    relay_flow(
+        &mut xdp,
+        "198.18.0.1:5004",
+        "198.18.0.2:40001",
+        EGRESS4,
+        RECEIVER4,
+    );
+    let kept = Datagram::new(SENDER4, "198.18.0.2:40001", rtp(3, 1, None, b"kept")).frame();
+    let frame = Datagram::new(SENDER4, LOCAL4, rtp(3, 1, None, b"m")).frame();
+    assert_eq!(run(&mut xdp, &frame).action, XdpAction::Tx);
+    xdp.remove_flow(&flow_match(SENDER4, LOCAL4))
+        .expect("remove");
+    assert!(!xdp.port_indexed(MEDIA_PORT).expect("index"));
+    assert!(xdp.port_indexed(MEDIA_PORT + 1).expect("index"));
+    assert_dropped(&mut xdp, &frame, "after removal");
+    assert_eq!(
+        run(&mut xdp, &kept).action,
+        XdpAction::Tx,
+        "other port kept"
+    );
+    // Removing a sender the port never had leaves its index alone.
+    xdp.remove_flow(&flow_match("198.18.0.77:5004", "198.18.0.2:40001"))
+        .expect("remove absent");
+    assert!(xdp.port_indexed(MEDIA_PORT + 1).expect("index"));
+    relay_flow(&mut xdp, SENDER4, LOCAL4, EGRESS4, RECEIVER4);
+    assert_eq!(run(&mut xdp, &frame).action, XdpAction::Tx, "added again");
+    let c = xdp.counters().expect("counters");
+    assert_eq!((c.tx, c.drop_unknown_flow), (3, 1), "{c:?}");
+    assert_balanced(&c);
 }

@@ -16,6 +16,13 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+pub mod appliance;
+pub mod browser;
+pub mod http;
+mod tmp;
+
+pub use tmp::TempDir;
+
 /// True if privileged tests can run. Outside CI, says why it skips and
 /// returns false when not root; under `CI=true` a missing privilege fails.
 pub fn privileged_or_skip() -> bool {

@@ -22,7 +22,10 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// source against OpenSSL, bindings generated with libclang, for the
 /// benchmarks and interop tests), iproute2/ethtool for test hosts,
 /// GStreamer as an independent SRTP peer over the relay, and rtpengine as the
-/// userspace relay the XDP benchmark is compared with.
+/// userspace relay the XDP benchmark is compared with; DejaVu Sans for the
+/// text of `switchboard plan --chart`; headless Chromium with its WebDriver
+/// and aiortc (for Debian's /usr/bin/python3) as the WebRTC clients of the
+/// browser and WHIP/WHEP tests.
 const DEBIAN_PACKAGES: &[&str] = &[
     "build-essential",
     "pkg-config",
@@ -35,6 +38,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "gstreamer1.0-plugins-good",
     "gstreamer1.0-plugins-bad",
     "rtpengine-daemon",
+    "fonts-dejavu-core",
+    "chromium",
+    "chromium-driver",
+    "python3-aiortc",
 ];
 /// Seconds each fuzz target runs in `ci`; `fuzz --seconds N` overrides.
 const CI_FUZZ_SECONDS: u64 = 30;

@@ -7,6 +7,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod regions;
+pub use regions::{
+    LocationEntry, Prefix, RegionEntry, RegionsConfig, DEFAULT_JURISDICTIONS,
+    DEFAULT_LATENCY_BUDGET_MS,
+};
+
 /// The embedded default configuration, with a comment on every key; printed
 /// by `switchboard run --print-config`.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
@@ -38,6 +44,15 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// A value not acceptable at a key named at run time (an entry of a
+    /// list or table, e.g. `regions.region[1].appliances`).
+    #[error("config key `{key}`: {reason}")]
+    InvalidAt {
+        /// Dotted path of the offending key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl ConfigError {
@@ -47,6 +62,7 @@ impl ConfigError {
             Self::Read { .. } => "",
             Self::Schema { key, .. } => key,
             Self::Invalid { key, .. } => key,
+            Self::InvalidAt { key, .. } => key,
         }
     }
 }
@@ -240,22 +256,6 @@ impl Default for AuditConfig {
     }
 }
 
-/// `[regions]`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RegionsConfig {
-    /// This appliance's region.
-    pub name: String,
-}
-
-impl Default for RegionsConfig {
-    fn default() -> Self {
-        Self {
-            name: "local".to_owned(),
-        }
-    }
-}
-
 /// `[drain]`
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -392,19 +392,7 @@ impl Config {
         if self.audit.rotate_bytes < 4096 {
             return Err(invalid("audit.rotate_bytes", "must be at least 4096"));
         }
-        let region_ok = !self.regions.name.is_empty()
-            && self.regions.name.len() <= 64
-            && self
-                .regions
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !region_ok {
-            return Err(invalid(
-                "regions.name",
-                "must be 1-64 characters of letters, digits, '-' or '_'",
-            ));
-        }
+        self.regions.validate()?;
         if self.drain.timeout_secs == 0 {
             return Err(invalid("drain.timeout_secs", "must be at least 1"));
         }

@@ -23,12 +23,15 @@
 //!    dropped ([`DropReason::UnknownPeer`]).
 //! 2. The SSRC (readable before decryption) must be one the leg published,
 //!    or a new SSRC carrying a RID the publication announced; anything else
-//!    is dropped before any cryptography ([`DropReason::UnknownSsrc`]).
+//!    is dropped ([`DropReason::UnknownSsrc`]): before any cryptography on
+//!    a leg without transport-cc, after authentication (step 3) on a leg
+//!    with it, whose probes and retransmissions on unrouted SSRCs must still
+//!    be recorded as arrived.
 //! 3. SRTP unprotect with the leg's receive context (authentication, replay
-//!    window). A RID-announced SSRC is bound to its layer only once its
-//!    packet authenticated.
-//! 4. Reception statistics (for the receiver reports), the transport-cc
-//!    arrival record, the layer's bitrate window, the NACK cache.
+//!    window), then the transport-cc arrival record. A RID-announced SSRC is
+//!    bound to its layer only once its packet authenticated.
+//! 4. Reception statistics (for the receiver reports), the layer's bitrate
+//!    window, the NACK cache.
 //! 5. For each subscriber: the [`StreamRewriter`] decides (layer selection,
 //!    key-frame-gated switch, continuity); a forwarded packet is copied into
 //!    a queue buffer, its header rewritten ([`apply_to_packet`], plus the
@@ -469,10 +472,17 @@ impl Sfu {
             leg.counters.dropped.add(DropReason::Malformed);
             return;
         };
-        let Some((source, by_rid)) = leg.locate(ssrc, buf) else {
+        let located = leg.locate(ssrc, buf);
+        // Transport-wide CC numbers every packet the participant sends on
+        // the leg, bandwidth probes and retransmissions on SSRCs we do not
+        // route included: feedback must cover them or the sender reads them
+        // as lost and its estimate collapses. So with transport-cc an
+        // unknown SSRC is still authenticated (the leg's SRTP context only
+        // keeps streams that authenticate) and its number recorded.
+        if located.is_none() && leg.media.extensions.transport_cc.is_none() {
             leg.counters.dropped.add(DropReason::UnknownSsrc);
             return;
-        };
+        }
         let plain = match leg.rx.unprotect_rtp(buf) {
             Ok(len) => len,
             Err(e) => {
@@ -483,6 +493,21 @@ impl Sfu {
         let buf = &mut buf[..plain];
         let Ok(rtp) = RtpPacket::new_checked(&buf[..]) else {
             leg.counters.dropped.add(DropReason::Malformed);
+            return;
+        };
+        if let (Some(id), Some(profile), Some(data)) = (
+            leg.media.extensions.transport_cc,
+            rtp.extension_profile(),
+            rtp.extension_data(),
+        ) {
+            if let Ok(Some(seq)) = rtp_ext::find(profile, data, id)
+                .map(|d| d.and_then(|d| rtp_ext::read_transport_cc(d).ok()))
+            {
+                leg.twcc_in.on_packet(seq, now);
+            }
+        }
+        let Some((source, by_rid)) = located else {
+            leg.counters.dropped.add(DropReason::UnknownSsrc);
             return;
         };
         let pt = rtp.payload_type();
@@ -523,17 +548,6 @@ impl Sfu {
             arrival: now,
             discard: None,
         };
-        if let (Some(id), Some(profile), Some(data)) = (
-            leg.media.extensions.transport_cc,
-            rtp.extension_profile(),
-            rtp.extension_data(),
-        ) {
-            if let Ok(Some(seq)) = rtp_ext::find(profile, data, id)
-                .map(|d| d.and_then(|d| rtp_ext::read_transport_cc(d).ok()))
-            {
-                leg.twcc_in.on_packet(seq, now);
-            }
-        }
         let since = now.saturating_duration_since(self.epoch);
         let units = (since.as_micros() as i64) * i64::from(clock) / 1_000_000;
         match source {

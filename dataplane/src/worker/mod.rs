@@ -40,14 +40,26 @@
 //!   is readable without waiting, then one `send_to` per datagram.
 //!
 //! Commands from the control plane arrive over a channel and are applied
-//! between batches.
+//! between batches; whoever sends one also writes an eventfd (the io_uring
+//! engine keeps a read of it in the ring) or a tokio `Notify`, so the worker
+//! wakes and applies it within microseconds instead of at its next timeout.
+//!
+//! # Punted datagrams
+//!
+//! STUN (first byte 0..=3) and DTLS (20..=63) datagrams (RFC 7983) never
+//! reach the core: they are copied into a bounded channel the control plane
+//! reads ([`Worker::take_punted`]), which runs ICE and DTLS for the legs and
+//! answers through [`Worker::transmit`]. Only these datagrams allocate; a
+//! full channel drops them (counted), which the peers' retransmissions
+//! recover. Media never waits on the control plane.
 
 pub mod tokio_engine;
 pub mod uring;
 
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -120,8 +132,13 @@ pub struct WorkerConfig {
     pub core: Option<usize>,
     /// The core's sizing.
     pub sfu: SfuConfig,
-    /// Receive buffers in the provided buffer ring (a power of two).
+    /// Receive buffers (2 KiB each) in the provided buffer ring (rounded
+    /// up to a power of two). Too few and the multishot receive ends with
+    /// `ENOBUFS` under bursts ([`EngineCounters::rx_no_buffers`]).
     pub rx_buffers: u16,
+    /// STUN/DTLS datagrams waiting for the control plane before more are
+    /// dropped ([`EngineCounters::punt_dropped`]).
+    pub punt_capacity: usize,
     /// Whether to send runs of equal-size datagrams with UDP GSO.
     pub gso: bool,
     /// Socket buffer sizes, bytes.
@@ -136,11 +153,38 @@ impl WorkerConfig {
             bind,
             core: None,
             sfu: SfuConfig::default(),
-            rx_buffers: 1024,
+            rx_buffers: DEFAULT_RX_BUFFERS,
+            punt_capacity: DEFAULT_PUNT_CAPACITY,
             gso: true,
             socket_buffer: 8 << 20,
         }
     }
+}
+
+/// Default [`WorkerConfig::rx_buffers`]: 8 MiB of receive buffers, which
+/// absorbs a burst of a few hundred consults between two batches (1024 ran
+/// out with `ENOBUFS` at 250 consults).
+pub const DEFAULT_RX_BUFFERS: u16 = 4096;
+/// Default [`WorkerConfig::punt_capacity`].
+pub const DEFAULT_PUNT_CAPACITY: usize = 1024;
+
+/// A STUN or DTLS datagram the worker received, for the control plane.
+#[derive(Debug, Clone)]
+pub struct Punted {
+    /// The worker's address it arrived at.
+    pub local: SocketAddr,
+    /// The sender.
+    pub remote: SocketAddr,
+    /// The UDP payload.
+    pub data: Vec<u8>,
+    /// When the worker received it.
+    pub at: Instant,
+}
+
+/// Whether RFC 7983 demultiplexing makes `datagram` STUN or DTLS, which the
+/// control plane handles.
+pub fn is_punted(datagram: &[u8]) -> bool {
+    matches!(datagram.first(), Some(0..=3 | 20..=63))
 }
 
 /// Counters of the I/O engine (updated once per batch).
@@ -171,6 +215,19 @@ pub struct EngineCounters {
     /// Datagrams the kernel dropped at the socket (receive buffer full),
     /// read from `SO_MEMINFO` every [`DROPS_POLL`].
     pub rx_socket_drops: AtomicU64,
+    /// STUN/DTLS datagrams handed to the control plane.
+    pub punted: AtomicU64,
+    /// STUN/DTLS datagrams dropped because the control plane's channel was
+    /// full (or nobody reads it).
+    pub punt_dropped: AtomicU64,
+    /// UDP payload bytes received.
+    pub rx_bytes: AtomicU64,
+    /// UDP payload bytes handed to the kernel for sending.
+    pub tx_bytes: AtomicU64,
+    /// Datagrams sent with [`Worker::transmit`].
+    pub raw_tx: AtomicU64,
+    /// [`Worker::transmit`] sends the kernel refused.
+    pub raw_tx_errors: AtomicU64,
 }
 
 impl EngineCounters {
@@ -189,6 +246,12 @@ impl EngineCounters {
             rx_no_buffers: l(&self.rx_no_buffers),
             tx_failed_datagrams: l(&self.tx_failed_datagrams),
             rx_socket_drops: l(&self.rx_socket_drops),
+            punted: l(&self.punted),
+            rx_bytes: l(&self.rx_bytes),
+            tx_bytes: l(&self.tx_bytes),
+            punt_dropped: l(&self.punt_dropped),
+            raw_tx: l(&self.raw_tx),
+            raw_tx_errors: l(&self.raw_tx_errors),
         }
     }
 }
@@ -218,6 +281,52 @@ pub struct EngineSnapshot {
     pub tx_failed_datagrams: u64,
     /// Datagrams dropped by the kernel at the socket.
     pub rx_socket_drops: u64,
+    /// STUN/DTLS datagrams handed to the control plane.
+    pub punted: u64,
+    /// STUN/DTLS datagrams dropped for a full channel.
+    pub punt_dropped: u64,
+    /// UDP payload bytes received.
+    pub rx_bytes: u64,
+    /// UDP payload bytes sent.
+    pub tx_bytes: u64,
+    /// Datagrams sent with [`Worker::transmit`].
+    pub raw_tx: u64,
+    /// Refused [`Worker::transmit`] sends.
+    pub raw_tx_errors: u64,
+}
+
+/// Wakes a worker's engine loop: an eventfd for io_uring (a read of it sits
+/// in the ring) and a `Notify` for tokio.
+#[derive(Debug)]
+pub(crate) struct Wake {
+    pub(crate) eventfd: OwnedFd,
+    pub(crate) notify: tokio::sync::Notify,
+}
+
+impl Wake {
+    fn new() -> Result<Self, WorkerError> {
+        // Blocking on purpose: io_uring completes reads of an O_NONBLOCK
+        // file with EAGAIN instead of waiting for it to become readable.
+        // SAFETY: plain syscall; the fd is owned below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io_err("eventfd")(std::io::Error::last_os_error()));
+        }
+        Ok(Self {
+            // SAFETY: a fresh descriptor nobody else owns.
+            eventfd: unsafe { OwnedFd::from_raw_fd(fd) },
+            notify: tokio::sync::Notify::new(),
+        })
+    }
+
+    pub(crate) fn wake(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer to our eventfd. It
+        // cannot block (the counter would have to near u64::MAX) and a
+        // failure only delays the command to the engine's next timeout.
+        let _ = unsafe { libc::write(self.eventfd.as_raw_fd(), one.as_ptr().cast(), 8) };
+        self.notify.notify_one();
+    }
 }
 
 pub(crate) struct Request {
@@ -230,9 +339,26 @@ pub(crate) struct Shared {
     pub(crate) stop: Arc<AtomicBool>,
     pub(crate) counters: Arc<EngineCounters>,
     pub(crate) commands: mpsc::Receiver<Request>,
+    pub(crate) wake: Arc<Wake>,
+    pub(crate) punt: mpsc::SyncSender<Punted>,
 }
 
 impl Shared {
+    /// Hands a STUN/DTLS datagram to the control plane (copying it: these
+    /// are rare and the receive buffer goes back to the kernel).
+    pub(crate) fn punt(&self, local: SocketAddr, remote: SocketAddr, data: &[u8], at: Instant) {
+        let p = Punted {
+            local,
+            remote,
+            data: data.to_vec(),
+            at,
+        };
+        match self.punt.try_send(p) {
+            Ok(()) => self.counters.punted.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.counters.punt_dropped.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
     /// Applies every waiting command.
     pub(crate) fn drain_commands(&self, sfu: &mut Sfu) {
         while let Ok(request) = self.commands.try_recv() {
@@ -243,7 +369,8 @@ impl Shared {
     }
 }
 
-/// A running worker thread.
+/// A running worker thread. Shareable between threads: commands, raw
+/// transmits and counters may come from anywhere.
 #[derive(Debug)]
 pub struct Worker {
     local: SocketAddr,
@@ -251,7 +378,38 @@ pub struct Worker {
     commands: mpsc::Sender<Request>,
     stop: Arc<AtomicBool>,
     counters: Arc<EngineCounters>,
+    wake: Arc<Wake>,
+    punted: Mutex<Option<mpsc::Receiver<Punted>>>,
+    /// A duplicate of the worker's socket descriptor, for
+    /// [`Self::transmit`] from other threads.
+    raw: std::net::UdpSocket,
     thread: Option<JoinHandle<Result<(), WorkerError>>>,
+}
+
+/// The answer to a command sent with [`Worker::submit`].
+#[derive(Debug)]
+pub struct PendingReply {
+    answer: mpsc::Receiver<Result<Reply, CommandError>>,
+}
+
+impl PendingReply {
+    /// Waits up to `timeout` for the answer.
+    pub fn wait(self, timeout: Duration) -> Result<Reply, WorkerError> {
+        match self.answer.recv_timeout(timeout) {
+            Ok(result) => Ok(result?),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(WorkerError::Timeout(timeout)),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(WorkerError::Stopped),
+        }
+    }
+
+    /// The answer if it is there; `Ok(None)` if not yet.
+    pub fn try_get(&self) -> Result<Option<Reply>, WorkerError> {
+        match self.answer.try_recv() {
+            Ok(result) => Ok(Some(result?)),
+            Err(mpsc::TryRecvError::Empty) => Ok(None),
+            Err(mpsc::TryRecvError::Disconnected) => Err(WorkerError::Stopped),
+        }
+    }
 }
 
 impl std::fmt::Debug for Request {
@@ -271,13 +429,20 @@ impl Worker {
     pub fn spawn(config: WorkerConfig) -> Result<Self, WorkerError> {
         let socket = bind_socket(&config)?;
         let local = socket.local_addr().map_err(io_err("local_addr"))?;
+        let raw = socket
+            .try_clone()
+            .map_err(io_err("duplicating the socket"))?;
         let (tx, rx) = mpsc::channel();
+        let (punt_tx, punt_rx) = mpsc::sync_channel(config.punt_capacity.max(1));
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(EngineCounters::default());
+        let wake = Arc::new(Wake::new()?);
         let shared = Shared {
             stop: stop.clone(),
             counters: counters.clone(),
             commands: rx,
+            wake: wake.clone(),
+            punt: punt_tx,
         };
         let engine = config.engine;
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), WorkerError>>(1);
@@ -313,6 +478,9 @@ impl Worker {
             commands: tx,
             stop,
             counters,
+            wake,
+            punted: Mutex::new(Some(punt_rx)),
+            raw,
             thread: Some(thread),
         };
         match ready {
@@ -345,20 +513,61 @@ impl Worker {
 
     /// Sends a command and waits for the answer (applied between batches).
     pub fn command(&self, command: Command) -> Result<Reply, WorkerError> {
+        self.submit(command)?.wait(COMMAND_TIMEOUT)
+    }
+
+    /// Sends a command without waiting: the worker wakes and applies it
+    /// between two batches; the answer arrives in the returned handle.
+    pub fn submit(&self, command: Command) -> Result<PendingReply, WorkerError> {
         let (reply, answer) = mpsc::sync_channel(1);
         self.commands
             .send(Request { command, reply })
             .map_err(|_| WorkerError::Stopped)?;
-        match answer.recv_timeout(COMMAND_TIMEOUT) {
-            Ok(result) => Ok(result?),
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(WorkerError::Timeout(COMMAND_TIMEOUT)),
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(WorkerError::Stopped),
+        self.wake.wake();
+        Ok(PendingReply { answer })
+    }
+
+    /// The receiving end of the STUN/DTLS datagrams the worker punts; there
+    /// is one, so only the first call gets it.
+    pub fn take_punted(&self) -> Option<mpsc::Receiver<Punted>> {
+        self.punted.lock().ok()?.take()
+    }
+
+    /// Sends one datagram from the worker's socket to `remote` without
+    /// blocking (STUN responses, DTLS flights). Callable from any thread;
+    /// the kernel serialises it with the worker's own sends.
+    pub fn transmit(&self, remote: SocketAddr, datagram: &[u8]) -> Result<(), WorkerError> {
+        let sock = socket2::SockRef::from(&self.raw);
+        let remote = match (self.local, remote) {
+            // An IPv6 socket reaches IPv4 peers through mapped addresses.
+            (SocketAddr::V6(_), SocketAddr::V4(v4)) => {
+                SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+            }
+            _ => remote,
+        };
+        match sock.send_to_with_flags(datagram, &remote.into(), libc::MSG_DONTWAIT) {
+            Ok(_) => {
+                self.counters.raw_tx.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.counters.raw_tx_errors.fetch_add(1, Ordering::Relaxed);
+                Err(io_err("sending a raw datagram")(e))
+            }
         }
+    }
+
+    /// Asks the thread to stop without waiting for it (it is joined by
+    /// [`Self::shutdown`] or on drop).
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.wake.wake();
     }
 
     /// Stops the thread and waits for it; returns its error, if it failed.
     pub fn shutdown(&mut self) -> Result<(), WorkerError> {
         self.stop.store(true, Ordering::Relaxed);
+        self.wake.wake();
         match self.thread.take() {
             Some(thread) => thread.join().map_err(|_| WorkerError::Panicked)?,
             None => Ok(()),
@@ -455,5 +664,109 @@ pub(crate) fn setsockopt_int(
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+
+    fn spawn(engine: Engine, punt_capacity: usize) -> Worker {
+        let mut config = WorkerConfig::new(engine, "127.0.0.1:0".parse().unwrap());
+        config.punt_capacity = punt_capacity;
+        config.rx_buffers = 64;
+        Worker::spawn(config).unwrap()
+    }
+
+    /// Waits (bounded) until `done` holds for the worker's counters.
+    fn wait_counters(worker: &Worker, done: impl Fn(&EngineSnapshot) -> bool) -> EngineSnapshot {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let c = worker.counters();
+            if done(&c) || Instant::now() > deadline {
+                return c;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn punts_stun_and_dtls_only(engine: Engine) {
+        let worker = spawn(engine, 16);
+        let punted = worker.take_punted().unwrap();
+        assert!(worker.take_punted().is_none(), "one reader only");
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let stun = [0x00u8, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42];
+        let dtls = [22u8, 0xfe, 0xfd, 0, 0];
+        // RTP from an unknown peer: the core's, dropped there, never punted.
+        let rtp = [0x80u8, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9];
+        for d in [&stun[..], &rtp[..], &dtls[..]] {
+            peer.send_to(d, worker.local_addr()).unwrap();
+        }
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let p = punted.recv_timeout(Duration::from_secs(5)).unwrap();
+            assert_eq!(p.remote, peer.local_addr().unwrap());
+            assert_eq!(p.local, worker.local_addr());
+            got.push(p.data);
+        }
+        assert_eq!(got, vec![stun.to_vec(), dtls.to_vec()]);
+        let c = wait_counters(&worker, |c| c.rx_datagrams == 3);
+        assert_eq!((c.rx_datagrams, c.punted, c.punt_dropped), (3, 2, 0));
+        assert!(punted.try_recv().is_err(), "RTP must not be punted");
+
+        // Replies leave from the worker's own port.
+        worker
+            .transmit(peer.local_addr().unwrap(), b"\x01\x01reply")
+            .unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from) = peer.recv_from(&mut buf).unwrap();
+        assert_eq!(
+            (&buf[..n], from),
+            (&b"\x01\x01reply"[..], worker.local_addr())
+        );
+        assert_eq!(worker.counters().raw_tx, 1);
+
+        // Commands still answer.
+        assert!(matches!(
+            worker.command(Command::Stats),
+            Ok(Reply::Stats(_))
+        ));
+        let pending = worker.submit(Command::Stats).unwrap();
+        assert!(matches!(pending.wait(COMMAND_TIMEOUT), Ok(Reply::Stats(_))));
+    }
+
+    #[test]
+    fn io_uring_punts_stun_and_dtls_and_transmits() {
+        punts_stun_and_dtls_only(Engine::IoUring);
+    }
+
+    #[test]
+    fn tokio_punts_stun_and_dtls_and_transmits() {
+        punts_stun_and_dtls_only(Engine::Tokio);
+    }
+
+    #[test]
+    fn a_full_punt_channel_drops_and_counts() {
+        for engine in [Engine::IoUring, Engine::Tokio] {
+            let worker = spawn(engine, 2);
+            let punted = worker.take_punted().unwrap();
+            let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+            for i in 0..6u8 {
+                peer.send_to(&[1, i], worker.local_addr()).unwrap();
+            }
+            let c = wait_counters(&worker, |c| c.punted + c.punt_dropped == 6);
+            assert_eq!((c.punted, c.punt_dropped), (2, 4), "{engine:?}");
+            assert_eq!(punted.try_iter().count(), 2);
+        }
+    }
+
+    #[test]
+    fn rfc7983_classes() {
+        for b in 0..=255u8 {
+            assert_eq!(is_punted(&[b, 0]), b <= 3 || (20..=63).contains(&b), "{b}");
+        }
+        assert!(!is_punted(&[]));
     }
 }

@@ -59,19 +59,24 @@ pub(crate) fn run(
             let first = tokio::select! {
                 r = socket.recv_from(&mut buf) => Some(r),
                 () = tokio::time::sleep_until(deadline.into()) => None,
+                // A command or stop: handled at the top of the loop.
+                () = shared.wake.notify.notified() => None,
             };
             let mut received = 0u64;
+            let mut rx_bytes = 0u64;
             if let Some(result) = first {
                 let now = Instant::now();
                 if let Ok((n, from)) = result {
-                    sfu.handle_datagram(now, local, from, &mut buf[..n]);
+                    handle(&shared, &mut sfu, now, local, from, &mut buf[..n]);
                     received += 1;
+                    rx_bytes += n as u64;
                 }
                 while received < BATCH as u64 {
                     match socket.try_recv_from(&mut buf) {
                         Ok((n, from)) => {
-                            sfu.handle_datagram(now, local, from, &mut buf[..n]);
+                            handle(&shared, &mut sfu, now, local, from, &mut buf[..n]);
                             received += 1;
+                            rx_bytes += n as u64;
                         }
                         Err(_) => break,
                     }
@@ -83,15 +88,21 @@ pub(crate) fn run(
             }
             sfu.swap_transmits(&mut sending);
             let mut sent = 0u64;
+            let mut tx_bytes = 0u64;
             let mut errors = 0u64;
             for t in sending.as_slice() {
                 match socket.send_to(t.data(), t.remote).await {
-                    Ok(_) => sent += 1,
+                    Ok(n) => {
+                        sent += 1;
+                        tx_bytes += n as u64;
+                    }
                     Err(_) => errors += 1,
                 }
             }
             sending.clear();
             counters.rx_datagrams.fetch_add(received, Ordering::Relaxed);
+            counters.rx_bytes.fetch_add(rx_bytes, Ordering::Relaxed);
+            counters.tx_bytes.fetch_add(tx_bytes, Ordering::Relaxed);
             counters.tx_datagrams.fetch_add(sent, Ordering::Relaxed);
             counters.tx_messages.fetch_add(sent, Ordering::Relaxed);
             counters.tx_errors.fetch_add(errors, Ordering::Relaxed);
@@ -103,4 +114,20 @@ pub(crate) fn run(
         }
         Ok(())
     })
+}
+
+/// Punts STUN/DTLS to the control plane, gives everything else to the core.
+fn handle(
+    shared: &Shared,
+    sfu: &mut Sfu,
+    now: Instant,
+    local: SocketAddr,
+    remote: SocketAddr,
+    datagram: &mut [u8],
+) {
+    if super::is_punted(datagram) {
+        shared.punt(local, remote, datagram, now);
+    } else {
+        sfu.handle_datagram(now, local, remote, datagram);
+    }
 }

@@ -35,6 +35,8 @@ const MAX_WAIT: Duration = Duration::from_millis(10);
 const RECV_TAG: u64 = u64::MAX;
 /// Marks a copied send completion already accounted for.
 const HANDLED_TAG: u64 = u64::MAX - 1;
+/// user_data of the read of the wake eventfd.
+const WAKE_TAG: u64 = u64::MAX - 2;
 /// `SOL_UDP` / `UDP_SEGMENT`.
 const SOL_UDP: libc::c_int = 17;
 const UDP_SEGMENT: libc::c_int = 103;
@@ -145,6 +147,10 @@ struct Engine {
     fd: types::Fd,
     /// Owns the descriptor `fd` names; closed after the ring is gone.
     socket: std::net::UdpSocket,
+    /// The wake eventfd (owned by the worker, which outlives the ring) and
+    /// the buffer its pending read fills.
+    wake_fd: types::Fd,
+    wake_buf: Box<[u8; 8]>,
 }
 
 pub(crate) fn run(
@@ -155,7 +161,8 @@ pub(crate) fn run(
     shared: Shared,
     ready: mpsc::SyncSender<Result<(), WorkerError>>,
 ) -> Result<(), WorkerError> {
-    let mut engine = match Engine::new(socket, config, sfu.config().queue_capacity) {
+    let wake_fd = types::Fd(shared.wake.eventfd.as_raw_fd());
+    let mut engine = match Engine::new(socket, config, sfu.config().queue_capacity, wake_fd) {
         Ok(e) => e,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -170,6 +177,7 @@ pub(crate) fn run(
     let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(engine.cq_entries);
     let high_water = engine.sending.capacity().saturating_sub(256).max(1);
     let mut rearm = false;
+    let mut rearm_wake = false;
     let mut drops_read = Instant::now();
     while !shared.stop.load(Ordering::Relaxed) {
         shared.drain_commands(&mut sfu);
@@ -192,6 +200,7 @@ pub(crate) fn run(
         }
         let now = Instant::now();
         let mut received = 0u64;
+        let mut rx_bytes = 0u64;
         let mut rx_errors = 0u64;
         recycled.clear();
         cqes.clear();
@@ -201,6 +210,11 @@ pub(crate) fn run(
             let (user_data, res, flags) = cqes[i];
             i += 1;
             if user_data == HANDLED_TAG {
+                continue;
+            }
+            if user_data == WAKE_TAG {
+                // Commands or stop: seen at the top of the loop.
+                rearm_wake = true;
                 continue;
             }
             if user_data != RECV_TAG {
@@ -228,7 +242,13 @@ pub(crate) fn run(
             match parse_recvmsg(buf, &engine.recv_msg) {
                 Some((remote, start, len)) => {
                     received += 1;
-                    sfu.handle_datagram(now, local, remote, &mut buf[start..start + len]);
+                    rx_bytes += len as u64;
+                    let datagram = &mut buf[start..start + len];
+                    if super::is_punted(datagram) {
+                        shared.punt(local, remote, datagram, now);
+                    } else {
+                        sfu.handle_datagram(now, local, remote, datagram);
+                    }
                 }
                 None => rx_errors += 1,
             }
@@ -249,6 +269,10 @@ pub(crate) fn run(
             counters.rx_arms.fetch_add(1, Ordering::Relaxed);
             rearm = false;
         }
+        if rearm_wake {
+            engine.arm_wake().map_err(io_err("arming the wake read"))?;
+            rearm_wake = false;
+        }
         if now >= sfu.poll_timeout() {
             sfu.handle_timeout(now);
         }
@@ -257,6 +281,7 @@ pub(crate) fn run(
             engine.flush(&mut sfu, counters);
         }
         counters.rx_datagrams.fetch_add(received, Ordering::Relaxed);
+        counters.rx_bytes.fetch_add(rx_bytes, Ordering::Relaxed);
         counters.rx_errors.fetch_add(rx_errors, Ordering::Relaxed);
         super::poll_socket_drops(&engine.socket, counters, &mut drops_read, now);
         counters.batches.fetch_add(1, Ordering::Relaxed);
@@ -268,7 +293,7 @@ pub(crate) fn run(
         let args = types::SubmitArgs::new().timespec(&ts);
         let _ = engine.ring.submitter().submit_with_args(1, &args);
         for cqe in engine.ring.completion() {
-            if cqe.user_data() != RECV_TAG {
+            if cqe.user_data() != RECV_TAG && cqe.user_data() != WAKE_TAG {
                 engine.inflight = engine.inflight.saturating_sub(1);
             }
         }
@@ -343,6 +368,7 @@ impl Engine {
         socket: std::net::UdpSocket,
         config: &WorkerConfig,
         queue_capacity: usize,
+        wake_fd: types::Fd,
     ) -> Result<Self, WorkerError> {
         let rx = usize::from(config.rx_buffers.max(16));
         // Completions: every receive buffer plus every send of a batch,
@@ -392,8 +418,11 @@ impl Engine {
             cq_entries: cq as usize,
             fd: types::Fd(socket.as_raw_fd()),
             socket,
+            wake_fd,
+            wake_buf: Box::new([0u8; 8]),
         };
         engine.arm_recv().map_err(io_err("arming recvmsg"))?;
+        engine.arm_wake().map_err(io_err("arming the wake read"))?;
         Ok(engine)
     }
 
@@ -483,7 +512,7 @@ impl Engine {
         counters: &super::EngineCounters,
     ) {
         for entry in cqes {
-            if entry.0 != RECV_TAG && entry.0 != HANDLED_TAG {
+            if entry.0 != RECV_TAG && entry.0 != HANDLED_TAG && entry.0 != WAKE_TAG {
                 self.on_send_completion(entry.0, entry.1, counters);
                 entry.0 = HANDLED_TAG;
             }
@@ -505,6 +534,8 @@ impl Engine {
         counters
             .tx_datagrams
             .fetch_add(datagrams as u64, Ordering::Relaxed);
+        let bytes: usize = self.slots.msg_bytes[..messages].iter().sum();
+        counters.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         counters
             .tx_messages
             .fetch_add(messages as u64, Ordering::Relaxed);
@@ -519,6 +550,15 @@ impl Engine {
         let entry = opcode::RecvMsgMulti::new(self.fd, &*self.recv_msg, BGID)
             .build()
             .user_data(RECV_TAG);
+        self.push(entry)
+    }
+
+    /// Queues a read of the wake eventfd: its completion ends the wait for
+    /// completions as soon as a command or a stop arrives.
+    fn arm_wake(&mut self) -> std::io::Result<()> {
+        let entry = opcode::Read::new(self.wake_fd, self.wake_buf.as_mut_ptr(), 8)
+            .build()
+            .user_data(WAKE_TAG);
         self.push(entry)
     }
 

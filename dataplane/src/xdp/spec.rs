@@ -62,16 +62,16 @@ pub struct RelayTarget {
 }
 
 impl RelayTarget {
-    fn to_dest(self) -> RelayDest {
-        RelayDest {
-            local_addr: map_addr(self.local.ip()),
-            remote_addr: map_addr(self.remote.ip()),
-            local_port: self.local.port(),
-            remote_port: self.remote.port(),
-            ifindex: self.ifindex,
-            src_mac: self.src_mac,
-            dst_mac: self.next_hop_mac,
-        }
+    /// The map form for packets of the flow `key` (checksum changes precomputed).
+    fn to_dest(self, key: &FlowKey) -> RelayDest {
+        RelayDest::new(
+            key,
+            (map_addr(self.local.ip()), self.local.port()),
+            (map_addr(self.remote.ip()), self.remote.port()),
+            self.ifindex,
+            self.src_mac,
+            self.next_hop_mac,
+        )
     }
 }
 
@@ -131,17 +131,19 @@ pub(super) fn flow_values(flow: &FlowMatch, action: &FlowAction) -> Result<FlowV
             return Err(XdpError::ZeroPort);
         }
     }
+    let key = flow.key();
     let mut value = Flow {
         action: FLOW_RELAY,
         // Bounded by MAX_FANOUT (16) above.
         fanout: targets.len() as u8,
-        _pad: [0; 2],
-        dest: targets[0].to_dest(),
+        ipv6: u8::from(!v4),
+        _pad: [0; 5],
+        dest: targets[0].to_dest(&key),
     };
     let fanout = (targets.len() > 1).then(|| {
         let mut fan = Fanout::default();
         for (slot, target) in fan.dests.iter_mut().zip(targets) {
-            *slot = target.to_dest();
+            *slot = target.to_dest(&key);
         }
         fan
     });

@@ -16,8 +16,17 @@ pub mod map_names {
     pub const INGRESS_CONFIG: &str = "SB_INGRESS_CONFIG";
     /// Hash of the appliance's own media addresses: [`crate::Addr`] → `u8` (1).
     pub const LOCAL_ADDRS: &str = "SB_LOCAL_ADDRS";
-    /// Hash of [`crate::FlowKey`] → [`crate::Flow`].
+    /// Hash of [`crate::FlowKey`] → [`crate::Flow`]: flows whose sender is IPv6.
     pub const FLOWS: &str = "SB_FLOWS";
+    /// Hash of [`crate::FlowKeyV4`] → [`crate::Flow`]: flows whose sender is
+    /// IPv4, under a key less than half the size (hashed and compared per packet).
+    pub const FLOWS_V4: &str = "SB_FLOWS_V4";
+    /// Array of `u32` indexed by local UDP port: 1 + the [`FLOW_SLOTS`] slot
+    /// of the port's only IPv4 flow, or 0. A direct index in front of
+    /// [`FLOWS_V4`], which stays complete (see [`crate::FlowSlot`]).
+    pub const PORT_INDEX: &str = "SB_PORT_INDEX";
+    /// Array of [`crate::FlowSlot`], [`crate::FLOW_SLOTS`] entries.
+    pub const FLOW_SLOTS: &str = "SB_FLOW_SLOTS";
     /// Hash of [`crate::FlowKey`] → [`crate::Fanout`], for flows with several destinations.
     pub const FANOUT: &str = "SB_FANOUT";
     /// Hash of SSRC (`u32`) → [`crate::Stream`].
@@ -225,42 +234,180 @@ pub struct FlowKey {
     pub local_port: u16,
 }
 
+impl FlowKey {
+    /// The key in the IPv4 flow map, if the sender is IPv4 (v4-mapped).
+    pub fn v4(&self) -> Option<FlowKeyV4> {
+        let a = &self.remote_addr;
+        is_v4_mapped(a).then(|| FlowKeyV4 {
+            remote_addr: [a[12], a[13], a[14], a[15]],
+            remote_port: self.remote_port,
+            local_port: self.local_port,
+        })
+    }
+}
+
+/// [`FlowKey`] for an IPv4 sender, the key of the IPv4 flow map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKeyV4 {
+    /// The sender's address.
+    pub remote_addr: [u8; 4],
+    /// The sender's UDP port.
+    pub remote_port: u16,
+    /// The appliance's UDP port the packet was sent to.
+    pub local_port: u16,
+}
+
 /// [`Flow::action`]: the leg is terminated in userspace (sfu); pass the packet up.
 pub const FLOW_TO_USERSPACE: u8 = 0;
 /// [`Flow::action`]: relay the packet byte for byte to the flow's destinations.
 pub const FLOW_RELAY: u8 = 1;
 
-/// One destination of a relay flow: the egress leg's headers.
-#[repr(C)]
+/// One destination of a relay flow: the egress leg's headers, laid out so
+/// the programs copy them into the frame in words, and the checksum updates
+/// precomputed so the per-packet rewrite is copies plus two folded adds.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RelayDest {
+    /// Destination MAC: the next hop's address (filled from the neighbour
+    /// table). With `src_mac`, the frame's first 12 bytes as they leave.
+    pub dst_mac: [u8; 6],
+    /// Source MAC: the egress interface's own address.
+    pub src_mac: [u8; 6],
+    /// Egress interface index.
+    pub ifindex: u32,
     /// Source address on the egress leg (the appliance's, v4-mapped for IPv4).
     pub local_addr: Addr,
     /// The peer's address (same family as the flow's sender).
     pub remote_addr: Addr,
-    /// Source UDP port on the egress leg.
-    pub local_port: u16,
-    /// The peer's UDP port.
-    pub remote_port: u16,
-    /// Egress interface index.
-    pub ifindex: u32,
-    /// Source MAC: the egress interface's own address.
-    pub src_mac: [u8; 6],
-    /// Destination MAC: the next hop's address (filled from the neighbour table).
-    pub dst_mac: [u8; 6],
+    /// Source then destination UDP port in network byte order: the first
+    /// four bytes of the UDP header as it leaves.
+    pub ports: [u8; 4],
+    /// IPv4 header checksum change for a packet of the flow sent to address
+    /// zero: new addresses in, the flow's sender out, TTL one less (see
+    /// [`RelayDest::new`]). The program adds the ones' complement of the
+    /// address the packet was actually sent to.
+    pub ip_csum_delta: u16,
+    /// UDP checksum change, likewise: new addresses and ports in, the
+    /// flow's sender address and both ports out.
+    pub udp_csum_delta: u16,
+}
+
+impl RelayDest {
+    /// The destination for packets of the flow `key`, with its checksum
+    /// changes precomputed. `local` is the egress leg's source address and
+    /// port, `remote` the peer's; ports in host order.
+    ///
+    /// The checksum fields hold ones' complement sums of 16-bit words read
+    /// in host byte order straight from the wire bytes: ones' complement
+    /// addition commutes with byte swapping (RFC 1071 §2), so the program
+    /// reads and writes checksums without converting, and this runs on the
+    /// same host as the program.
+    pub fn new(
+        key: &FlowKey,
+        (local_addr, local_port): (Addr, u16),
+        (remote_addr, remote_port): (Addr, u16),
+        ifindex: u32,
+        src_mac: [u8; 6],
+        dst_mac: [u8; 6],
+    ) -> Self {
+        let sp = local_port.to_be_bytes();
+        let dp = remote_port.to_be_bytes();
+        let ports = [sp[0], sp[1], dp[0], dp[1]];
+        // IPv4 sums cover the four address bytes only (v4-mapped tail).
+        let from = if is_v4_mapped(&key.remote_addr) {
+            12
+        } else {
+            0
+        };
+        let old_src = ones_sum(&key.remote_addr[from..], true);
+        let new_addrs =
+            ones_sum(&local_addr[from..], false) + ones_sum(&remote_addr[from..], false);
+        // TTL one less: the TTL/protocol word drops by 0x0100 (network
+        // order), i.e. ones' complement adds !0x0100.
+        let ttl = u16::from_ne_bytes([0xfe, 0xff]) as u32;
+        let old_ports = ones_sum(&key.remote_port.to_be_bytes(), true)
+            + ones_sum(&key.local_port.to_be_bytes(), true);
+        Self {
+            dst_mac,
+            src_mac,
+            ifindex,
+            local_addr,
+            remote_addr,
+            ports,
+            ip_csum_delta: fold(old_src + new_addrs + ttl),
+            udp_csum_delta: fold(old_src + old_ports + new_addrs + ones_sum(&ports, false)),
+        }
+    }
+}
+
+/// True for `::ffff:a.b.c.d`.
+pub fn is_v4_mapped(a: &Addr) -> bool {
+    a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff
+}
+
+/// Sum of the host-order 16-bit words of `bytes` (even length), or of
+/// their ones' complements.
+fn ones_sum(bytes: &[u8], complement: bool) -> u32 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i + 1 < bytes.len() {
+        let w = u16::from_ne_bytes([bytes[i], bytes[i + 1]]);
+        sum += if complement { !w } else { w } as u32;
+        i += 2;
+    }
+    sum
+}
+
+/// Folds a ones' complement sum to 16 bits.
+pub fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
 }
 
 /// Value of the flow map.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
     /// [`FLOW_TO_USERSPACE`] or [`FLOW_RELAY`].
     pub action: u8,
     /// Number of relay destinations: 1 uses `dest`; 2..=[`MAX_FANOUT`] use the fan-out map.
     pub fanout: u8,
-    pub _pad: [u8; 2],
+    /// Non-zero if the flow's sender is IPv6 (its destinations are too).
+    /// Packets of the other family never match the flow's rewrite.
+    pub ipv6: u8,
+    pub _pad: [u8; 5],
     /// The destination when `fanout` is 1.
     pub dest: RelayDest,
+}
+
+/// Entries of the port index: one per UDP port.
+pub const PORT_INDEX_ENTRIES: u32 = 1 << 16;
+/// Entries of the flow-slot array. More than the IPv4 flow map holds would
+/// never be used at once; slots in quarantine need some spare.
+pub const FLOW_SLOTS: u32 = 16_384;
+
+/// A slot of the flow-slot array: the only IPv4 flow of one local port, with
+/// the sender it belongs to. The program takes the port's slot from the port
+/// index and uses `flow` only if the packet's sender is `remote_addr` and
+/// `remote_port`; any other sender goes on to the IPv4 flow map, which holds
+/// every IPv4 flow (indexed or not) and is the one source of truth.
+///
+/// A live slot is never rewritten: the loader writes a new value into a free
+/// slot, then switches the port's index entry (one aligned 4-byte store, so
+/// the program sees the old slot or the new one, whole), and reuses the old
+/// slot only after a quarantine far longer than any program run (XDP runs
+/// inside an RCU read section lasting microseconds).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSlot {
+    pub flow: Flow,
+    /// The sender's IPv4 address, as on the wire.
+    pub remote_addr: [u8; 4],
+    /// The sender's UDP port, host order.
+    pub remote_port: u16,
+    pub _pad: [u8; 2],
 }
 
 /// Value of the fan-out map: the destinations of a multi-destination relay flow.
@@ -383,9 +530,11 @@ mod user {
     unsafe impl aya::Pod for super::IngressConfig {}
     unsafe impl aya::Pod for super::IngressState {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowKeyV4 {}
     unsafe impl aya::Pod for super::RelayDest {}
     unsafe impl aya::Pod for super::Flow {}
     unsafe impl aya::Pod for super::Fanout {}
+    unsafe impl aya::Pod for super::FlowSlot {}
     unsafe impl aya::Pod for super::Stream {}
     unsafe impl aya::Pod for super::RoomCap {}
     unsafe impl aya::Pod for super::GenTemplate {}
@@ -396,8 +545,15 @@ mod user {
 // Layouts the programs and userspace both rely on; a change here is a map ABI change.
 const _: () = {
     assert!(core::mem::size_of::<FlowKey>() == 20);
-    assert!(core::mem::size_of::<RelayDest>() == 52);
-    assert!(core::mem::size_of::<Flow>() == 56);
+    assert!(core::mem::size_of::<FlowKeyV4>() == 8);
+    assert!(core::mem::size_of::<RelayDest>() == 56);
+    assert!(core::mem::size_of::<Flow>() == 64);
+    assert!(core::mem::offset_of!(RelayDest, local_addr) == 16);
+    assert!(core::mem::offset_of!(RelayDest, remote_addr) == 32);
+    assert!(core::mem::offset_of!(RelayDest, ports) == 48);
+    assert!(core::mem::offset_of!(Flow, dest) == 8);
+    assert!(core::mem::size_of::<FlowSlot>() == 72);
+    assert!(core::mem::offset_of!(FlowSlot, remote_addr) == 64);
     assert!(core::mem::size_of::<Stream>() == 72);
     assert!(core::mem::size_of::<RoomCap>() == 4);
     assert!(core::mem::size_of::<IngressConfig>() == 8);

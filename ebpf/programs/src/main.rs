@@ -30,8 +30,9 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use switchboard_common::{
-    Addr, Counters, Fanout, Flow, FlowKey, IngressState, RelayDest, RoomCap, Stream, DD_TEMPLATES,
-    DD_TEMPORAL_UNKNOWN, FLOW_RELAY, FLOW_TO_USERSPACE, KIND_VIDEO, LOCAL_ADDRS_IN_MAP, MAX_FANOUT,
+    Addr, Counters, Fanout, Flow, FlowKey, FlowKeyV4, FlowSlot, IngressState, RelayDest, RoomCap,
+    Stream, DD_TEMPLATES, DD_TEMPORAL_UNKNOWN, FLOW_RELAY, FLOW_SLOTS as FLOW_SLOT_COUNT,
+    FLOW_TO_USERSPACE, KIND_VIDEO, LOCAL_ADDRS_IN_MAP, MAX_FANOUT, PORT_INDEX_ENTRIES,
 };
 
 #[map(name = "SB_COUNTERS")]
@@ -45,6 +46,17 @@ static LOCAL_ADDRS: HashMap<Addr, u8> = HashMap::with_max_entries(256, 0);
 
 #[map(name = "SB_FLOWS")]
 static FLOWS: HashMap<FlowKey, Flow> = HashMap::with_max_entries(16_384, 0);
+
+#[map(name = "SB_FLOWS_V4")]
+static FLOWS_V4: HashMap<FlowKeyV4, Flow> = HashMap::with_max_entries(16_384, 0);
+
+/// Local port → 1 + slot of the port's only IPv4 flow (0: none). Array
+/// lookups are inlined by the verifier: no hashing, no call.
+#[map(name = "SB_PORT_INDEX")]
+static PORT_INDEX: Array<u32> = Array::with_max_entries(PORT_INDEX_ENTRIES, 0);
+
+#[map(name = "SB_FLOW_SLOTS")]
+static FLOW_SLOTS: Array<FlowSlot> = Array::with_max_entries(FLOW_SLOT_COUNT, 0);
 
 #[map(name = "SB_FANOUT")]
 static FANOUT: HashMap<FlowKey, Fanout> = HashMap::with_max_entries(1_024, 0);
@@ -105,27 +117,58 @@ impl Frame for TcContext {
     }
 }
 
-/// Reads `N` bytes at `offset`, or `None` if they are not all inside the frame.
+/// The address of the frame's first byte, if the frame holds at least `len`
+/// bytes. Reads at constant offsets below `len` from it need no further
+/// check: the verifier knows the range from this one.
 #[inline(always)]
-fn load<const N: usize, F: Frame>(f: &F, offset: usize) -> Option<[u8; N]> {
+fn bounds<F: Frame>(f: &F, len: usize) -> Option<usize> {
     let start = f.start();
-    if start + offset + N > f.end() {
-        return None;
-    }
-    // SAFETY: [start+offset, start+offset+N) was checked against data_end just above.
-    Some(unsafe { core::ptr::read_unaligned((start + offset) as *const [u8; N]) })
+    (start + len <= f.end()).then_some(start)
 }
 
-/// Writes `bytes` at `offset`; false (and nothing written) if they do not fit in the frame.
+/// Reads a `T` at `addr` (headers sit at any alignment; the object is built
+/// with misaligned access allowed, so this is one load, not one per byte).
+///
+/// # Safety
+/// `addr..addr + size_of::<T>()` must be inside the frame (see [`bounds`])
+/// or a live map value.
 #[inline(always)]
-fn store<const N: usize, F: Frame>(f: &F, offset: usize, bytes: [u8; N]) -> bool {
-    let start = f.start();
-    if start + offset + N > f.end() {
+unsafe fn rd<T: Copy>(addr: usize) -> T {
+    unsafe { core::ptr::read_unaligned(addr as *const T) }
+}
+
+/// Writes a `T` at `addr`.
+///
+/// # Safety
+/// As for [`rd`]; XDP and TC frames are writable.
+#[inline(always)]
+unsafe fn wr<T: Copy>(addr: usize, value: T) {
+    unsafe { core::ptr::write_unaligned(addr as *mut T, value) }
+}
+
+/// Reads a `T` at `offset`, or `None` if it is not all inside the frame.
+#[inline(always)]
+fn load<T: Copy, F: Frame>(f: &F, offset: usize) -> Option<T> {
+    let start = bounds(f, offset + core::mem::size_of::<T>())?;
+    // SAFETY: checked just above.
+    Some(unsafe { rd(start + offset) })
+}
+
+/// Writes `value` at `offset`; false (and nothing written) if it does not fit in the frame.
+#[inline(always)]
+fn store<T: Copy, F: Frame>(f: &F, offset: usize, value: T) -> bool {
+    let Some(start) = bounds(f, offset + core::mem::size_of::<T>()) else {
         return false;
-    }
-    // SAFETY: as in `load`; XDP and TC frames are writable after the check.
-    unsafe { core::ptr::write_unaligned((start + offset) as *mut [u8; N], bytes) };
+    };
+    // SAFETY: checked just above.
+    unsafe { wr(start + offset, value) };
     true
+}
+
+/// A big-endian 16-bit field at `offset`, in host order.
+#[inline(always)]
+fn load_be16<F: Frame>(f: &F, offset: usize) -> Option<u16> {
+    load::<u16, F>(f, offset).map(u16::from_be)
 }
 
 #[inline(always)]
@@ -134,62 +177,49 @@ fn be16(b: [u8; 2]) -> u16 {
 }
 
 /// A key on the stack, aligned so it is built, copied and compared in
-/// words rather than bytes (packet bytes are read one by one).
+/// words rather than bytes.
 #[repr(C, align(8))]
 #[derive(Clone, Copy)]
 struct Aligned<T>(T);
 
+/// `::ffff:a.b.c.d` from the four address bytes as read from the wire.
 #[inline(always)]
-fn v4_mapped(a: [u8; 4]) -> Aligned<Addr> {
-    // Built from words: a byte array literal becomes a call to a byte-wise memset.
-    let words = [
-        0,
-        0,
-        u32::from_ne_bytes([0, 0, 0xff, 0xff]),
-        u32::from_ne_bytes(a),
-    ];
+fn v4_mapped(a: u32) -> Aligned<Addr> {
+    let words = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), a];
     // SAFETY: [u32; 4] and [u8; 16] have the same size and every bit pattern is valid.
     Aligned(unsafe { core::mem::transmute::<[u32; 4], Addr>(words) })
 }
 
+/// The IPv6 address at `addr`, read as two words (an array read would
+/// become a call to a byte-wise memcpy).
+///
+/// # Safety
+/// As for [`rd`].
 #[inline(always)]
-fn is_v4_mapped(a: &Addr) -> bool {
-    a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff
-}
-
-#[inline(always)]
-fn v4_of(a: &Addr) -> [u8; 4] {
-    [a[12], a[13], a[14], a[15]]
-}
-
-/// The headers of a UDP datagram addressed to one of our media addresses and ports.
-#[derive(Clone, Copy)]
-struct Udp {
-    v6: bool,
-    l3: usize,
-    l4: usize,
-    /// UDP length from the UDP header, checked against the IP length.
-    udp_len: usize,
-    /// The flow key: source address and port, destination port.
-    key: Aligned<FlowKey>,
-    /// Sum of the 16-bit words of both addresses (what the IPv4 header and
-    /// the UDP pseudo-header checksum over them).
-    addr_sum: u32,
-}
-
-enum Parsed {
-    NotOurs,
-    SlowPath,
-    Malformed,
-    Ours(Udp),
+unsafe fn v6_at(addr: usize) -> Aligned<Addr> {
+    let words = unsafe { [rd::<u64>(addr), rd::<u64>(addr + 8)] };
+    // SAFETY: [u64; 2] and [u8; 16] have the same size and every bit pattern is valid.
+    Aligned(unsafe { core::mem::transmute::<[u64; 2], Addr>(words) })
 }
 
 /// An address as two words.
 #[inline(always)]
-fn addr_words(a: &Addr) -> [u64; 2] {
-    // SAFETY: callers pass 8-byte aligned addresses (`Aligned`, or the
-    // `IngressState` fields, which are at multiples of 8 in an align(8) struct).
-    unsafe { core::ptr::read(a as *const Addr as *const [u64; 2]) }
+fn addr_words(a: &Aligned<Addr>) -> [u64; 2] {
+    // SAFETY: `Aligned` is 8-byte aligned and 16 bytes long.
+    unsafe { core::ptr::read(&a.0 as *const Addr as *const [u64; 2]) }
+}
+
+/// Sum of the ones' complements of an address's 32-bit words, host order
+/// as read from the wire: what a checksum loses when the address leaves.
+#[inline(always)]
+fn not_sum(a: &Aligned<Addr>, v6: bool) -> u64 {
+    // SAFETY: `Aligned` is 8-byte aligned and 16 bytes long.
+    let w = unsafe { core::ptr::read(&a.0 as *const Addr as *const [u32; 4]) };
+    if v6 {
+        (!w[0]) as u64 + (!w[1]) as u64 + (!w[2]) as u64 + (!w[3]) as u64
+    } else {
+        (!w[3]) as u64
+    }
 }
 
 #[inline(always)]
@@ -200,12 +230,13 @@ fn is_local(state: &IngressState, addr: &Aligned<Addr>) -> bool {
         return unsafe { LOCAL_ADDRS.get(&addr.0) }.is_some();
     }
     // The loader keeps the map's few keys here: compared, not hashed.
-    let [a0, a1] = addr_words(&addr.0);
+    let [a0, a1] = addr_words(addr);
     for (i, local) in state.local_addrs.iter().enumerate() {
         if i >= count as usize {
             break;
         }
-        let [l0, l1] = addr_words(local);
+        // SAFETY: the addresses are at multiples of 8 in an align(8) struct.
+        let [l0, l1] = unsafe { core::ptr::read(local as *const Addr as *const [u64; 2]) };
         if a0 == l0 && a1 == l1 {
             return true;
         }
@@ -213,141 +244,242 @@ fn is_local(state: &IngressState, addr: &Aligned<Addr>) -> bool {
     false
 }
 
+/// The headers of a UDP datagram addressed to one of our media addresses and
+/// ports. With the parse inlined for a constant IP version and link header
+/// length, every offset here is a constant too.
+#[derive(Clone, Copy)]
+struct Udp {
+    v6: bool,
+    l3: usize,
+    l4: usize,
+    /// UDP length from the UDP header, checked against the IP length.
+    udp_len: usize,
+    /// The source address as two words (see [`Udp::key`]).
+    src: [u64; 2],
+    /// Source and destination port, host order.
+    sport: u16,
+    dport: u16,
+    /// Ones' complement sum of the destination address (what the checksums
+    /// lose when a rewrite replaces it).
+    not_dst: u64,
+}
+
+enum Parsed {
+    NotOurs,
+    SlowPath,
+    Malformed,
+    Ours(Udp),
+}
+
 /// Ethernet (one optional 802.1Q/802.1ad tag), IPv4 or IPv6, UDP.
 #[inline(always)]
 fn parse<F: Frame>(f: &F, state: &IngressState) -> Parsed {
-    let cfg = &state.config;
-    let frame_len = f.end() - f.start();
-    let Some(ethertype) = load::<2, F>(f, 12) else {
+    let Some(ethertype) = load_be16(f, 12) else {
         return Parsed::NotOurs;
     };
-    let mut ethertype = be16(ethertype);
-    let mut l3 = ETH_HDR_LEN;
-    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        let Some(inner) = load::<2, F>(f, ETH_HDR_LEN + 2) else {
-            return Parsed::NotOurs;
-        };
-        ethertype = be16(inner);
-        l3 += VLAN_HDR_LEN;
+    match ethertype {
+        ETH_P_IPV4 => parse_at::<F, false, ETH_HDR_LEN>(f, state),
+        ETH_P_IPV6 => parse_at::<F, true, ETH_HDR_LEN>(f, state),
+        ETH_P_8021Q | ETH_P_8021AD => match load_be16(f, ETH_HDR_LEN + 2) {
+            Some(ETH_P_IPV4) => parse_at::<F, false, { ETH_HDR_LEN + VLAN_HDR_LEN }>(f, state),
+            Some(ETH_P_IPV6) => parse_at::<F, true, { ETH_HDR_LEN + VLAN_HDR_LEN }>(f, state),
+            _ => Parsed::NotOurs,
+        },
+        _ => Parsed::NotOurs,
     }
-    let (v6, l4, l4_room, src, addr_sum) = match ethertype {
-        ETH_P_IPV4 => {
-            let Some(h) = load::<IPV4_HDR_LEN, F>(f, l3) else {
-                return Parsed::NotOurs;
-            };
-            if h[9] != IPPROTO_UDP {
-                return Parsed::NotOurs;
-            }
-            if !is_local(state, &v4_mapped([h[16], h[17], h[18], h[19]])) {
-                return Parsed::NotOurs;
-            }
-            // Read again after the address check rather than kept in registers
-            // (or spilled) across a possible map lookup.
-            let Some(h) = load::<IPV4_HDR_LEN, F>(f, l3) else {
-                return Parsed::NotOurs;
-            };
-            let ihl = ((h[0] & 0x0f) as usize) * 4;
-            let total_len = be16([h[2], h[3]]) as usize;
-            if h[0] >> 4 != 4 || ihl < IPV4_HDR_LEN || total_len < ihl || l3 + total_len > frame_len
-            {
-                return Parsed::Malformed;
-            }
-            // Fragments (MF or an offset) and options never carry media from
-            // real endpoints; the kernel reassembles and parses them.
-            if be16([h[6], h[7]]) & 0x3fff != 0 || ihl != IPV4_HDR_LEN {
-                return Parsed::SlowPath;
-            }
-            let src = v4_mapped([h[12], h[13], h[14], h[15]]);
-            let sum = words_sum(&h, 12, 20);
-            (false, l3 + IPV4_HDR_LEN, total_len - IPV4_HDR_LEN, src, sum)
-        }
-        ETH_P_IPV6 => {
-            let Some(h) = load::<IPV6_HDR_LEN, F>(f, l3) else {
-                return Parsed::NotOurs;
-            };
-            let mut dst = Aligned([0u8; 16]);
-            dst.0.copy_from_slice(&h[24..40]);
-            if !is_local(state, &dst) {
-                return Parsed::NotOurs;
-            }
-            // Read again after the address check rather than kept in registers
-            // (or spilled) across a possible map lookup.
-            let Some(h) = load::<IPV6_HDR_LEN, F>(f, l3) else {
-                return Parsed::NotOurs;
-            };
-            if h[0] >> 4 != 6 {
-                return Parsed::Malformed;
-            }
-            let payload_len = be16([h[4], h[5]]) as usize;
-            if l3 + IPV6_HDR_LEN + payload_len > frame_len {
-                return Parsed::Malformed;
-            }
-            match h[6] {
-                IPPROTO_UDP => {}
-                // Hop-by-hop, routing, fragment, ESP, AH, destination options,
-                // mobility, HIP, shim6, experimental: left to the kernel.
-                0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254 => {
-                    return Parsed::SlowPath
-                }
-                _ => return Parsed::NotOurs,
-            }
-            let mut src = Aligned([0u8; 16]);
-            src.0.copy_from_slice(&h[8..24]);
-            let sum = words_sum(&h, 8, 40);
-            (true, l3 + IPV6_HDR_LEN, payload_len, src, sum)
-        }
-        _ => return Parsed::NotOurs,
+}
+
+/// IPv4 (`V6` false) or IPv6 at `L3`, then UDP.
+#[inline(always)]
+fn parse_at<F: Frame, const V6: bool, const L3: usize>(f: &F, state: &IngressState) -> Parsed {
+    let cfg = &state.config;
+    let frame_len = f.end() - f.start();
+    let l4 = L3 + if V6 { IPV6_HDR_LEN } else { IPV4_HDR_LEN };
+    let Some(p) = bounds(f, l4) else {
+        return Parsed::NotOurs;
     };
-    let Some(udp) = load::<UDP_HDR_LEN, F>(f, l4) else {
+    // SAFETY (all reads up to the UDP header): [p, p + l4) is inside the frame.
+    let dst = if V6 {
+        unsafe { v6_at(p + L3 + 24) }
+    } else {
+        if unsafe { rd::<u8>(p + L3 + 9) } != IPPROTO_UDP {
+            return Parsed::NotOurs;
+        }
+        v4_mapped(unsafe { rd(p + L3 + 16) })
+    };
+    if !is_local(state, &dst) {
+        return Parsed::NotOurs;
+    }
+    // Checked again after the address check rather than kept in registers
+    // (or spilled) across a possible map lookup.
+    let Some(p) = bounds(f, l4) else {
+        return Parsed::NotOurs;
+    };
+    let (l4_room, src) = if V6 {
+        let version = unsafe { rd::<u8>(p + L3) } >> 4;
+        if version != 6 {
+            return Parsed::Malformed;
+        }
+        let payload_len = u16::from_be(unsafe { rd(p + L3 + 4) }) as usize;
+        if l4 + payload_len > frame_len {
+            return Parsed::Malformed;
+        }
+        match unsafe { rd::<u8>(p + L3 + 6) } {
+            IPPROTO_UDP => {}
+            // Hop-by-hop, routing, fragment, ESP, AH, destination options,
+            // mobility, HIP, shim6, experimental: left to the kernel.
+            0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254 => return Parsed::SlowPath,
+            _ => return Parsed::NotOurs,
+        }
+        (payload_len, unsafe { v6_at(p + L3 + 8) })
+    } else {
+        let vihl = unsafe { rd::<u8>(p + L3) };
+        let ihl = ((vihl & 0x0f) as usize) * 4;
+        let total_len = u16::from_be(unsafe { rd(p + L3 + 2) }) as usize;
+        if vihl >> 4 != 4 || ihl < IPV4_HDR_LEN || total_len < ihl || L3 + total_len > frame_len {
+            return Parsed::Malformed;
+        }
+        // Fragments (MF or an offset) and options never carry media from
+        // real endpoints; the kernel reassembles and parses them.
+        let frag = u16::from_be(unsafe { rd(p + L3 + 6) });
+        if frag & 0x3fff != 0 || ihl != IPV4_HDR_LEN {
+            return Parsed::SlowPath;
+        }
+        (
+            total_len - IPV4_HDR_LEN,
+            v4_mapped(unsafe { rd(p + L3 + 12) }),
+        )
+    };
+    let Some(p) = bounds(f, l4 + UDP_HDR_LEN) else {
         return Parsed::Malformed;
     };
-    let dport = be16([udp[2], udp[3]]);
+    // SAFETY (all four): the UDP header is inside the frame.
+    let dport = u16::from_be(unsafe { rd(p + l4 + 2) });
     if dport < cfg.port_min || dport > cfg.port_max {
         return Parsed::NotOurs;
     }
-    let udp_len = be16([udp[4], udp[5]]) as usize;
+    let udp_len = u16::from_be(unsafe { rd(p + l4 + 4) }) as usize;
     if l4_room < UDP_HDR_LEN || udp_len < UDP_HDR_LEN || udp_len > l4_room {
         return Parsed::Malformed;
     }
     // IPv6 forbids a zero UDP checksum (RFC 8200 §8.1), and an incremental
     // update of one would forge a wrong non-zero checksum.
-    if v6 && udp[6] == 0 && udp[7] == 0 {
+    if V6 && unsafe { rd::<u16>(p + l4 + 6) } == 0 {
         return Parsed::Malformed;
     }
+    let sport = u16::from_be(unsafe { rd(p + l4) });
     Parsed::Ours(Udp {
-        v6,
-        l3,
+        v6: V6,
+        l3: L3,
         l4,
         udp_len,
-        key: Aligned(FlowKey {
-            remote_addr: src.0,
-            remote_port: be16([udp[0], udp[1]]),
-            local_port: dport,
-        }),
-        addr_sum,
+        src: addr_words(&src),
+        sport,
+        dport,
+        not_dst: not_sum(&dst, V6),
     })
 }
 
-/// What the XDP program decided, one variant per counter.
+impl Udp {
+    /// The flow key: source address and port, destination port. Built where
+    /// it is used, so the parsed fields can stay in registers until then.
+    #[inline(always)]
+    fn key(&self) -> Aligned<FlowKey> {
+        // SAFETY: [u64; 2] and [u8; 16] have the same size and every bit pattern is valid.
+        let remote_addr = unsafe { core::mem::transmute::<[u64; 2], Addr>(self.src) };
+        Aligned(FlowKey {
+            remote_addr,
+            remote_port: self.sport,
+            local_port: self.dport,
+        })
+    }
+}
+
+/// The flow of a parsed datagram: IPv4 senders are in their own map under
+/// a shorter key (the kernel hashes and compares the whole key per lookup).
+#[inline(always)]
+fn flow_of(u: &Udp) -> Option<*const Flow> {
+    if u.v6 {
+        FLOWS.get_ptr(&u.key().0)
+    } else {
+        // The v4-mapped address's last four bytes (see `v4_mapped`).
+        // SAFETY: [u64; 2] and [u32; 4] have the same size and every bit pattern is valid.
+        let v4 = unsafe { core::mem::transmute::<[u64; 2], [u32; 4]>(u.src) }[3];
+        if let Some(flow) = indexed_flow(v4, u.sport, u.dport) {
+            return Some(flow);
+        }
+        let key4 = Aligned(FlowKeyV4 {
+            remote_addr: v4.to_ne_bytes(),
+            remote_port: u.sport,
+            local_port: u.dport,
+        });
+        FLOWS_V4.get_ptr(&key4.0)
+    }
+}
+
+/// The flow of an IPv4 sender through the port index, if its local port has
+/// exactly one IPv4 flow and it is this sender's. Anything else (no entry,
+/// another sender) is left to the IPv4 flow map, which holds every flow.
+#[inline(always)]
+fn indexed_flow(remote_addr: u32, remote_port: u16, local_port: u16) -> Option<*const Flow> {
+    let index = *PORT_INDEX.get(local_port as u32)?;
+    if index == 0 {
+        return None;
+    }
+    // SAFETY: map values stay valid for the whole program run (RCU); a slot
+    // the index points at is never rewritten (see `FlowSlot`).
+    let slot = unsafe { &*FLOW_SLOTS.get_ptr(index - 1)? };
+    (u32::from_ne_bytes(slot.remote_addr) == remote_addr && slot.remote_port == remote_port)
+        .then_some(&slot.flow as *const Flow)
+}
+
+/// What the XDP program decided, one variant per counter: the discriminant
+/// is the index of the [`Counters`] field (in `u64`s) it increments.
+#[repr(u8)]
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Outcome {
-    NotOurs,
-    Stun,
-    Dtls,
-    Other,
-    SlowPath,
-    ToUserspace,
-    UnknownPassed,
-    MalformedPassed,
-    ToFanout,
-    Tx,
-    Redirect,
-    DropUnknownFlow,
-    DropLayerCap,
-    DropMalformed,
-    DropTtl,
-    DropNoEgress,
+    NotOurs = 1,
+    Stun = 2,
+    Dtls = 3,
+    Other = 4,
+    SlowPath = 5,
+    ToUserspace = 6,
+    UnknownPassed = 7,
+    MalformedPassed = 8,
+    ToFanout = 9,
+    Tx = 10,
+    Redirect = 11,
+    DropUnknownFlow = 12,
+    DropLayerCap = 13,
+    DropMalformed = 14,
+    DropTtl = 15,
+    DropNoEgress = 16,
 }
+
+// Every outcome names the counter it increments; `received` is index 0.
+const _: () = {
+    use core::mem::offset_of;
+    const fn at(i: Outcome) -> usize {
+        i as usize * 8
+    }
+    assert!(offset_of!(Counters, received) == 0);
+    assert!(offset_of!(Counters, not_ours) == at(Outcome::NotOurs));
+    assert!(offset_of!(Counters, stun) == at(Outcome::Stun));
+    assert!(offset_of!(Counters, dtls) == at(Outcome::Dtls));
+    assert!(offset_of!(Counters, other) == at(Outcome::Other));
+    assert!(offset_of!(Counters, slow_path) == at(Outcome::SlowPath));
+    assert!(offset_of!(Counters, to_userspace) == at(Outcome::ToUserspace));
+    assert!(offset_of!(Counters, unknown_passed) == at(Outcome::UnknownPassed));
+    assert!(offset_of!(Counters, malformed_passed) == at(Outcome::MalformedPassed));
+    assert!(offset_of!(Counters, to_fanout) == at(Outcome::ToFanout));
+    assert!(offset_of!(Counters, tx) == at(Outcome::Tx));
+    assert!(offset_of!(Counters, redirect) == at(Outcome::Redirect));
+    assert!(offset_of!(Counters, drop_unknown_flow) == at(Outcome::DropUnknownFlow));
+    assert!(offset_of!(Counters, drop_layer_cap) == at(Outcome::DropLayerCap));
+    assert!(offset_of!(Counters, drop_malformed) == at(Outcome::DropMalformed));
+    assert!(offset_of!(Counters, drop_ttl) == at(Outcome::DropTtl));
+    assert!(offset_of!(Counters, drop_no_egress) == at(Outcome::DropNoEgress));
+};
 
 impl Outcome {
     #[inline(always)]
@@ -379,33 +511,21 @@ pub fn switchboard_xdp(ctx: XdpContext) -> u32 {
         Some(state) => ingress(&ctx, state),
         None => Outcome::NotOurs,
     };
-    bump(|c| {
-        c.received += 1;
-        match outcome {
-            Outcome::NotOurs => c.not_ours += 1,
-            Outcome::Stun => c.stun += 1,
-            Outcome::Dtls => c.dtls += 1,
-            Outcome::Other => c.other += 1,
-            Outcome::SlowPath => c.slow_path += 1,
-            Outcome::ToUserspace => c.to_userspace += 1,
-            Outcome::UnknownPassed => c.unknown_passed += 1,
-            Outcome::MalformedPassed => c.malformed_passed += 1,
-            Outcome::ToFanout => c.to_fanout += 1,
-            Outcome::Tx => c.tx += 1,
-            Outcome::Redirect => c.redirect += 1,
-            Outcome::DropUnknownFlow => c.drop_unknown_flow += 1,
-            Outcome::DropLayerCap => c.drop_layer_cap += 1,
-            Outcome::DropMalformed => c.drop_malformed += 1,
-            Outcome::DropTtl => c.drop_ttl += 1,
-            Outcome::DropNoEgress => c.drop_no_egress += 1,
+    if let Some(counters) = COUNTERS.get_ptr_mut(0) {
+        let words = counters as *mut u64;
+        // SAFETY: per-CPU slot, only this CPU touches it while the program
+        // runs; the outcome indexes a field of it (checked above).
+        unsafe {
+            *words += 1;
+            *words.add(outcome as usize) += 1;
         }
-    });
+    }
     outcome.action()
 }
 
 /// The RTP/RTCP datagram of a known flow, as both programs see it.
 enum Media {
-    Rtp { ssrc: u32, first: u8 },
+    Rtp { first: u8 },
     Rtcp,
 }
 
@@ -417,7 +537,7 @@ fn demux<F: Frame>(f: &F, u: &Udp) -> Result<Media, Outcome> {
     if payload_len == 0 {
         return Err(Outcome::Other);
     }
-    let Some([first]) = load::<1, F>(f, payload) else {
+    let Some(first) = load::<u8, F>(f, payload) else {
         return Err(Outcome::DropMalformed);
     };
     match first {
@@ -426,7 +546,7 @@ fn demux<F: Frame>(f: &F, u: &Udp) -> Result<Media, Outcome> {
         128..=191 => {}
         _ => return Err(Outcome::Other),
     }
-    let Some([_, second]) = load::<2, F>(f, payload) else {
+    let Some(second) = load::<u8, F>(f, payload + 1) else {
         return Err(Outcome::DropMalformed);
     };
     // RTCP packet types 192..=223 sit where RTP payload types 64..=95 with
@@ -440,24 +560,37 @@ fn demux<F: Frame>(f: &F, u: &Udp) -> Result<Media, Outcome> {
     if payload_len < RTP_HDR_LEN {
         return Err(Outcome::DropMalformed);
     }
-    let Some(ssrc) = load::<4, F>(f, payload + 8) else {
-        return Err(Outcome::DropMalformed);
-    };
-    Ok(Media::Rtp {
-        ssrc: u32::from_be_bytes(ssrc),
-        first,
-    })
+    Ok(Media::Rtp { first })
 }
 
 #[inline(always)]
 fn ingress(ctx: &XdpContext, state: &IngressState) -> Outcome {
+    let Some(ethertype) = load_be16(ctx, 12) else {
+        return Outcome::NotOurs;
+    };
+    // One copy of the path per IP version and link header length, so every
+    // header offset is a constant.
+    match ethertype {
+        ETH_P_IPV4 => ingress_at::<false, ETH_HDR_LEN>(ctx, state),
+        ETH_P_IPV6 => ingress_at::<true, ETH_HDR_LEN>(ctx, state),
+        ETH_P_8021Q | ETH_P_8021AD => match load_be16(ctx, ETH_HDR_LEN + 2) {
+            Some(ETH_P_IPV4) => ingress_at::<false, { ETH_HDR_LEN + VLAN_HDR_LEN }>(ctx, state),
+            Some(ETH_P_IPV6) => ingress_at::<true, { ETH_HDR_LEN + VLAN_HDR_LEN }>(ctx, state),
+            _ => Outcome::NotOurs,
+        },
+        _ => Outcome::NotOurs,
+    }
+}
+
+#[inline(always)]
+fn ingress_at<const V6: bool, const L3: usize>(ctx: &XdpContext, state: &IngressState) -> Outcome {
     let cfg = &state.config;
     let malformed = if cfg.drop_malformed != 0 {
         Outcome::DropMalformed
     } else {
         Outcome::MalformedPassed
     };
-    let u = match parse(ctx, state) {
+    let u = match parse_at::<XdpContext, V6, L3>(ctx, state) {
         Parsed::NotOurs => return Outcome::NotOurs,
         Parsed::SlowPath => return Outcome::SlowPath,
         Parsed::Malformed => return malformed,
@@ -468,17 +601,19 @@ fn ingress(ctx: &XdpContext, state: &IngressState) -> Outcome {
         Err(Outcome::DropMalformed) => return malformed,
         Err(outcome) => return outcome,
     };
-    // SAFETY: the value is copied out before any other map call.
-    let Some(flow) = (unsafe { FLOWS.get(&u.key.0) }).copied() else {
+    let Some(flow) = flow_of(&u) else {
         return if cfg.drop_unknown != 0 {
             Outcome::DropUnknownFlow
         } else {
             Outcome::UnknownPassed
         };
     };
+    // SAFETY: map values stay valid for the whole program run (RCU); the
+    // program never writes them.
+    let flow = unsafe { &*flow };
     // With no cap in any room nothing can be over one: skip both lookups.
-    if let (Media::Rtp { ssrc, first }, true) = (media, state.any_room_cap != 0) {
-        match over_cap(ctx, &u, ssrc, first) {
+    if let (Media::Rtp { first }, true) = (media, state.any_room_cap != 0) {
+        match over_cap(ctx, &u, first) {
             Ok(false) => {}
             Ok(true) => return Outcome::DropLayerCap,
             Err(()) => return malformed,
@@ -490,24 +625,24 @@ fn ingress(ctx: &XdpContext, state: &IngressState) -> Outcome {
     if flow.action != FLOW_RELAY {
         return Outcome::DropNoEgress;
     }
-    let Some(ttl) = load::<1, XdpContext>(ctx, u.l3 + if u.v6 { 7 } else { 8 }) else {
+    let Some(ttl) = load::<u8, XdpContext>(ctx, L3 + if V6 { 7 } else { 8 }) else {
         return malformed;
     };
-    if ttl[0] <= 1 {
+    if ttl <= 1 {
         return Outcome::DropTtl;
     }
     if flow.fanout >= 2 && flow.fanout as usize <= MAX_FANOUT {
         return Outcome::ToFanout;
     }
-    if flow.fanout != 1 {
+    // The fast path never translates between IP versions: a sender that
+    // matches a flow of the other family (an IPv4-mapped IPv6 source) is
+    // not relayed.
+    if flow.fanout != 1 || (flow.ipv6 != 0) != V6 {
         return Outcome::DropNoEgress;
     }
     let dest = &flow.dest;
-    let Some(orig) = Original::read(ctx, &u) else {
+    if !rewrite::<V6, L3>(ctx, &u, ttl, dest) {
         return malformed;
-    };
-    if !rewrite(ctx, &u, &orig, dest) {
-        return Outcome::DropNoEgress;
     }
     // SAFETY: reading a field of the context the kernel passed in.
     let ingress_ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
@@ -521,9 +656,11 @@ fn ingress(ctx: &XdpContext, state: &IngressState) -> Outcome {
 }
 
 /// True if this RTP packet is video above its room's cap. `Err` if the RTP
-/// header extension block lies about its length.
+/// header lies about its length.
 #[inline(always)]
-fn over_cap(ctx: &XdpContext, u: &Udp, ssrc: u32, first: u8) -> Result<bool, ()> {
+fn over_cap(ctx: &XdpContext, u: &Udp, first: u8) -> Result<bool, ()> {
+    let ssrc = load::<u32, XdpContext>(ctx, u.l4 + UDP_HDR_LEN + 8).ok_or(())?;
+    let ssrc = u32::from_be(ssrc);
     // SAFETY: map values stay valid for the whole program run (RCU); the
     // program never writes them.
     let Some(stream) = (unsafe { STREAMS.get(&ssrc) }) else {
@@ -626,150 +763,88 @@ fn dd_template(ctx: &XdpContext, u: &Udp, first: u8, ext_id: u8) -> Result<Optio
     Ok(None)
 }
 
-/// The header fields a rewrite replaces, as they arrived.
-#[derive(Clone, Copy)]
-struct Original {
-    /// IPv4: the TTL/protocol word; IPv6: the hop limit in the low byte.
-    ttl_word: u16,
-    ip_csum: u16,
-    udp_csum: u16,
-}
-
-impl Original {
-    #[inline(always)]
-    fn read<F: Frame>(f: &F, u: &Udp) -> Option<Self> {
-        let udp_csum = be16(load::<2, F>(f, u.l4 + 6)?);
-        if u.v6 {
-            let [hop] = load::<1, F>(f, u.l3 + 7)?;
-            Some(Self {
-                ttl_word: hop as u16,
-                ip_csum: 0,
-                udp_csum,
-            })
-        } else {
-            let w = load::<4, F>(f, u.l3 + 8)?;
-            Some(Self {
-                ttl_word: be16([w[0], w[1]]),
-                ip_csum: be16([w[2], w[3]]),
-                udp_csum,
-            })
-        }
-    }
-}
-
-/// Sum of the big-endian 16-bit words of `b[from..to]`.
+/// Folds a ones' complement sum of 32-bit words to 16 bits.
 #[inline(always)]
-fn words_sum<const N: usize>(b: &[u8; N], from: usize, to: usize) -> u32 {
-    let mut sum = 0u32;
-    let mut i = from;
-    while i < to {
-        sum += be16([b[i], b[i + 1]]) as u32;
-        i += 2;
-    }
-    sum
-}
-
-/// Ones' complement sum of the 16-bit words of an address.
-#[inline(always)]
-fn addr_sum(a: &Addr, v6: bool) -> u32 {
-    let mut sum = 0u32;
-    let mut i = if v6 { 0 } else { 12 };
-    while i < 16 {
-        sum += be16([a[i], a[i + 1]]) as u32;
-        i += 2;
-    }
-    sum
-}
-
-#[inline(always)]
-fn fold(mut sum: u32) -> u16 {
+fn fold64(mut sum: u64) -> u16 {
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     sum as u16
 }
 
-/// RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'), with `old`/`new` the sums of the
-/// changed words (so ~m is accumulated as 0xffff - word, word by word).
+/// RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'), with the changes precomputed:
+/// `delta` from the flow's destination, `not_dst` the ones' complement sum
+/// of the destination address the packet arrived with. Checksums are as
+/// read from the wire in host order (byte order does not matter to ones'
+/// complement sums, RFC 1071 §2).
 #[inline(always)]
-fn csum_update(csum: u16, old_sum: u32, old_words: u32, new_sum: u32) -> u16 {
-    // ~m summed over `old_words` words is old_words*0xffff - Σm; fold keeps it
-    // in ones' complement arithmetic.
-    let neg_old = old_words * 0xffff - fold(old_sum) as u32;
-    !fold(!csum as u32 + neg_old + new_sum)
+fn csum_apply(csum: u16, delta: u16, not_dst: u64) -> u16 {
+    !fold64((!csum) as u64 + delta as u64 + not_dst)
 }
 
-/// The new header values for one destination, all computed from the original ones.
-struct NewHeaders {
-    ttl_word: u16,
-    ip_csum: u16,
-    udp_csum: u16,
-}
-
+/// The new IPv4 header and UDP checksums (wire order) for `dest`;
+/// `not_dst` is the ones' complement sum of the original destination address.
 #[inline(always)]
-fn new_headers(u: &Udp, orig: &Original, dest: &RelayDest) -> NewHeaders {
-    let old_l4 = u.addr_sum + u.key.0.remote_port as u32 + u.key.0.local_port as u32;
-    let new_l4 = addr_sum(&dest.local_addr, u.v6)
-        + addr_sum(&dest.remote_addr, u.v6)
-        + dest.local_port as u32
-        + dest.remote_port as u32;
-    let words = if u.v6 { 18 } else { 6 };
-    let udp_csum = if !u.v6 && orig.udp_csum == 0 {
+fn new_csums(v6: bool, ip_csum: u16, udp_csum: u16, not_dst: u64, dest: &RelayDest) -> (u16, u16) {
+    let ip = if v6 {
+        0
+    } else {
+        csum_apply(ip_csum, dest.ip_csum_delta, not_dst)
+    };
+    let udp = if !v6 && udp_csum == 0 {
         // IPv4 without a UDP checksum stays without one.
         0
     } else {
-        match csum_update(orig.udp_csum, old_l4, words, new_l4) {
+        match csum_apply(udp_csum, dest.udp_csum_delta, not_dst) {
             0 => 0xffff,
             c => c,
         }
     };
-    let ttl_word = orig.ttl_word - 0x0100 * (!u.v6) as u16 - u.v6 as u16;
-    let ip_csum = if u.v6 {
-        0
-    } else {
-        let old_ip = u.addr_sum + orig.ttl_word as u32;
-        let new_ip = addr_sum(&dest.local_addr, false)
-            + addr_sum(&dest.remote_addr, false)
-            + ttl_word as u32;
-        csum_update(orig.ip_csum, old_ip, 5, new_ip)
-    };
-    NewHeaders {
-        ttl_word,
-        ip_csum,
-        udp_csum,
-    }
+    (ip, udp)
 }
 
-/// Rewrites Ethernet, IP and UDP in place for `dest` (XDP, direct access).
+/// Rewrites Ethernet, IP and UDP in place for `dest` (XDP, direct access):
+/// word copies from the precomputed destination and two checksum updates.
+/// `ttl` is the TTL or hop limit as it arrived (above 1).
 #[inline(always)]
-fn rewrite<F: Frame>(f: &F, u: &Udp, orig: &Original, dest: &RelayDest) -> bool {
-    if is_v4_mapped(&dest.remote_addr) == u.v6 || is_v4_mapped(&dest.local_addr) == u.v6 {
+fn rewrite<const V6: bool, const L3: usize>(
+    ctx: &XdpContext,
+    u: &Udp,
+    ttl: u8,
+    dest: &RelayDest,
+) -> bool {
+    let l4 = L3 + if V6 { IPV6_HDR_LEN } else { IPV4_HDR_LEN };
+    let Some(p) = bounds(ctx, l4 + UDP_HDR_LEN) else {
         return false;
-    }
-    let n = new_headers(u, orig, dest);
-    let d = dest.dst_mac;
-    let s = dest.src_mac;
-    let mac = [
-        d[0], d[1], d[2], d[3], d[4], d[5], s[0], s[1], s[2], s[3], s[4], s[5],
-    ];
-    if !store(f, 0, mac) {
-        return false;
-    }
-    let ok_ip = if u.v6 {
-        store(f, u.l3 + 7, [n.ttl_word as u8])
-            && store(f, u.l3 + 8, dest.local_addr)
-            && store(f, u.l3 + 24, dest.remote_addr)
-    } else {
-        let t = n.ttl_word.to_be_bytes();
-        let c = n.ip_csum.to_be_bytes();
-        store(f, u.l3 + 8, [t[0], t[1], c[0], c[1]])
-            && store(f, u.l3 + 12, v4_of(&dest.local_addr))
-            && store(f, u.l3 + 16, v4_of(&dest.remote_addr))
     };
-    let sp = dest.local_port.to_be_bytes();
-    let dp = dest.remote_port.to_be_bytes();
-    ok_ip
-        && store(f, u.l4, [sp[0], sp[1], dp[0], dp[1]])
-        && store(f, u.l4 + 6, n.udp_csum.to_be_bytes())
+    let d = dest as *const RelayDest as usize;
+    let not_dst = u.not_dst;
+    // SAFETY (all): the frame holds the headers up to the end of UDP
+    // (checked above); `d` is a live map value, its fields at the offsets
+    // asserted in switchboard-common.
+    unsafe {
+        let ip_csum = if V6 { 0 } else { rd::<u16>(p + L3 + 10) };
+        let (ip, udp) = new_csums(V6, ip_csum, rd::<u16>(p + l4 + 6), not_dst, dest);
+        // Destination and source MAC: 12 bytes.
+        wr::<u64>(p, rd::<u64>(d));
+        wr::<u32>(p + 8, rd::<u32>(d + 8));
+        if V6 {
+            wr::<u8>(p + L3 + 7, ttl - 1);
+            wr::<u64>(p + L3 + 8, rd::<u64>(d + 16));
+            wr::<u64>(p + L3 + 16, rd::<u64>(d + 24));
+            wr::<u64>(p + L3 + 24, rd::<u64>(d + 32));
+            wr::<u64>(p + L3 + 32, rd::<u64>(d + 40));
+        } else {
+            wr::<u8>(p + L3 + 8, ttl - 1);
+            wr::<u16>(p + L3 + 10, ip);
+            wr::<u32>(p + L3 + 12, rd::<u32>(d + 16 + 12));
+            wr::<u32>(p + L3 + 16, rd::<u32>(d + 32 + 12));
+        }
+        wr::<u32>(p + l4, rd::<u32>(d + 48));
+        wr::<u16>(p + l4 + 6, udp);
+    }
+    true
 }
 
 /// Fans a multi-destination relay flow out: one rewritten copy per
@@ -793,30 +868,40 @@ pub fn switchboard_tc_fanout(ctx: TcContext) -> i32 {
     if demux(&ctx, &u).is_err() {
         return TC_ACT_OK as i32;
     }
-    let key = &u.key.0;
-    // SAFETY: copied out at once.
-    let Some(flow) = (unsafe { FLOWS.get(key) }).copied() else {
+    let key = u.key();
+    let key = &key.0;
+    // SAFETY: a live map value, copied out at once.
+    let Some(flow) = flow_of(&u).map(|f| unsafe { *f }) else {
         return TC_ACT_OK as i32;
     };
     if flow.action != FLOW_RELAY || flow.fanout < 2 {
         return TC_ACT_OK as i32;
     }
-    let Some(orig) = Original::read(&ctx, &u) else {
+    // The header fields a rewrite replaces, as they arrived: every copy is
+    // computed from these, since each rewrite overwrites the previous one.
+    let Some(p) = bounds(&ctx, u.l4 + UDP_HDR_LEN) else {
         return TC_ACT_OK as i32;
     };
+    // SAFETY (all three): the frame holds the headers through UDP.
+    let ttl = unsafe { rd::<u8>(p + u.l3 + if u.v6 { 7 } else { 8 }) };
+    let ip_csum = unsafe { rd::<u16>(p + u.l3 + 10) };
+    let udp_csum = unsafe { rd::<u16>(p + u.l4 + 6) };
     // The XDP program already dropped these; a frame that reaches TC some
     // other way must not be forwarded either.
-    let ttl = if u.v6 {
-        orig.ttl_word
-    } else {
-        orig.ttl_word >> 8
-    };
-    if ttl & 0xff <= 1 {
+    if ttl <= 1 {
         return TC_ACT_SHOT as i32;
     }
     let Some(fan) = FANOUT.get_ptr(key) else {
         bump(|c| c.clone_failed += flow.fanout as u64);
         return TC_ACT_SHOT as i32;
+    };
+    // No translation between IP versions (see the XDP program).
+    let same_family = (flow.ipv6 != 0) == u.v6;
+    let orig = Original {
+        ttl,
+        ip_csum,
+        udp_csum,
+        not_dst: u.not_dst,
     };
     let count = flow.fanout as usize;
     for i in 0..MAX_FANOUT {
@@ -825,8 +910,9 @@ pub fn switchboard_tc_fanout(ctx: TcContext) -> i32 {
         }
         // SAFETY: `fan` points at a live map value; one destination is copied out.
         let dest = unsafe { (*fan).dests[i] };
-        let sent =
-            tc_rewrite(&ctx, &u, &orig, &dest) && ctx.clone_redirect(dest.ifindex, 0).is_ok();
+        let sent = same_family
+            && tc_rewrite(&ctx, &u, &orig, &dest)
+            && ctx.clone_redirect(dest.ifindex, 0).is_ok();
         bump(|c| {
             if sent {
                 c.cloned += 1
@@ -838,37 +924,51 @@ pub fn switchboard_tc_fanout(ctx: TcContext) -> i32 {
     TC_ACT_SHOT as i32
 }
 
+/// The header fields a TC rewrite replaces, as they arrived.
+struct Original {
+    /// TTL or hop limit.
+    ttl: u8,
+    /// IPv4 header checksum (wire order; not used for IPv6).
+    ip_csum: u16,
+    /// UDP checksum (wire order).
+    udp_csum: u16,
+    /// Ones' complement sum of the destination address.
+    not_dst: u64,
+}
+
 /// Rewrites the skb for `dest` with `bpf_skb_store_bytes`, which stays valid
 /// across `bpf_clone_redirect` (direct packet pointers do not).
 #[inline(always)]
 fn tc_rewrite(ctx: &TcContext, u: &Udp, orig: &Original, dest: &RelayDest) -> bool {
-    if is_v4_mapped(&dest.remote_addr) == u.v6 || is_v4_mapped(&dest.local_addr) == u.v6 {
-        return false;
-    }
-    let n = new_headers(u, orig, dest);
+    let (ip, udp) = new_csums(u.v6, orig.ip_csum, orig.udp_csum, orig.not_dst, dest);
     let d = dest.dst_mac;
     let s = dest.src_mac;
     let mac = [
         d[0], d[1], d[2], d[3], d[4], d[5], s[0], s[1], s[2], s[3], s[4], s[5],
     ];
     let f = BPF_F_RECOMPUTE_CSUM;
-    let sp = dest.local_port.to_be_bytes();
-    let dp = dest.remote_port.to_be_bytes();
+    let ttl = orig.ttl - 1;
     let ok_ip = if u.v6 {
-        ctx.store(u.l3 + 7, &[n.ttl_word as u8], f).is_ok()
+        ctx.store(u.l3 + 7, &[ttl], f).is_ok()
             && ctx.store(u.l3 + 8, &dest.local_addr, f).is_ok()
             && ctx.store(u.l3 + 24, &dest.remote_addr, f).is_ok()
     } else {
-        let t = n.ttl_word.to_be_bytes();
-        let c = n.ip_csum.to_be_bytes();
-        ctx.store(u.l3 + 8, &[t[0], t[1], c[0], c[1]], f).is_ok()
-            && ctx.store(u.l3 + 12, &v4_of(&dest.local_addr), f).is_ok()
-            && ctx.store(u.l3 + 16, &v4_of(&dest.remote_addr), f).is_ok()
+        let c = ip.to_ne_bytes();
+        let l = &dest.local_addr;
+        let r = &dest.remote_addr;
+        ctx.store(u.l3 + 8, &[ttl, IPPROTO_UDP, c[0], c[1]], f)
+            .is_ok()
+            && ctx
+                .store(u.l3 + 12, &[l[12], l[13], l[14], l[15]], f)
+                .is_ok()
+            && ctx
+                .store(u.l3 + 16, &[r[12], r[13], r[14], r[15]], f)
+                .is_ok()
     };
     ctx.store(0, &mac, f).is_ok()
         && ok_ip
-        && ctx.store(u.l4, &[sp[0], sp[1], dp[0], dp[1]], f).is_ok()
-        && ctx.store(u.l4 + 6, &n.udp_csum.to_be_bytes(), f).is_ok()
+        && ctx.store(u.l4, &dest.ports, f).is_ok()
+        && ctx.store(u.l4 + 6, &udp.to_ne_bytes(), f).is_ok()
 }
 
 /// Passes every frame. Native XDP on veth delivers `XDP_TX`/`XDP_REDIRECT`

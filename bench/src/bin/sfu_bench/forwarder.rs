@@ -20,7 +20,12 @@ const BUF: usize = 2048;
 /// A running forwarder thread.
 pub struct Forwarder {
     pub local: SocketAddr,
+    /// Datagrams handed to the kernel.
     pub sent: Arc<AtomicU64>,
+    /// Datagrams received.
+    pub received: Arc<AtomicU64>,
+    /// A second descriptor of the socket, to read its drop count.
+    socket: UdpSocket,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -68,17 +73,33 @@ impl Forwarder {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
-        let (s, c) = (stop.clone(), sent.clone());
-        let thread = std::thread::spawn(move || {
-            super::pin(core);
-            run(socket, routes, s, c);
-        });
+        let received = Arc::new(AtomicU64::new(0));
+        let (s, c, r) = (stop.clone(), sent.clone(), received.clone());
+        let second = socket.try_clone()?;
+        let thread = std::thread::Builder::new()
+            .name("plain-forwarder".into())
+            .spawn(move || {
+                if let Err(e) = bench::lab::pin_current_thread(core) {
+                    eprintln!("plain forwarder runs unpinned: {e}");
+                }
+                // The same priority the SFU workers get in the benchmark.
+                // SAFETY: setpriority on the calling thread's id.
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, -20) };
+                run(socket, routes, s, c, r);
+            })?;
         Ok(Self {
             local,
             sent,
+            received,
+            socket: second,
             stop,
             thread: Some(thread),
         })
+    }
+
+    /// Datagrams the kernel dropped at the socket (receive buffer full).
+    pub fn socket_drops(&self) -> u64 {
+        super::generator::socket_drops(self.socket.as_raw_fd())
     }
 
     pub fn stop(&mut self) {
@@ -98,6 +119,7 @@ impl Drop for Forwarder {
 fn to_sockaddr(addr: SocketAddr) -> libc::sockaddr_in {
     let SocketAddr::V4(v4) = addr else {
         // The bench lab is IPv4 only.
+        // SAFETY: an all-zero sockaddr_in is valid (and unroutable).
         return unsafe { std::mem::zeroed() };
     };
     libc::sockaddr_in {
@@ -115,6 +137,7 @@ fn run(
     routes: HashMap<SocketAddr, Vec<SocketAddr>>,
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
+    received: Arc<AtomicU64>,
 ) {
     let fd = socket.as_raw_fd();
     let routes: HashMap<SocketAddr, Vec<libc::sockaddr_in>> = routes
@@ -170,6 +193,7 @@ fn run(
         if n <= 0 {
             continue;
         }
+        received.fetch_add(n as u64, Ordering::Relaxed);
         let mut out = 0;
         for i in 0..n as usize {
             let len = rx_msgs[i].msg_len as usize;

@@ -1,0 +1,861 @@
+//! The real media plane end to end on loopback: the server runs its SFU
+//! workers, a publisher and a subscriber sign in over WHIP/WHEP, and this
+//! test is their WebRTC stack: ICE checks (STUN with MESSAGE-INTEGRITY and
+//! FINGERPRINT), an OpenSSL DTLS client handshake with `use_srtp`, keys
+//! exported with "EXTRACTOR-dtls_srtp", then SRTP media on the publish leg,
+//! decrypted and verified (payload trailer hashes, sequence continuity) on
+//! the subscribe leg.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dataplane::sfu::peer::{Peer, PeerConfig, PeerLayer};
+use dataplane::sfu::{ExtensionIds, MediaConfig, MediaKind, SubscribeSpec, VideoCodec};
+use dataplane::srtp::SrtpProfile;
+use dataplane::wire::stun::{Class, Message, MessageBuilder, BINDING_REQUEST};
+use openssl::hash::MessageDigest;
+use openssl::ssl::{ErrorCode, Ssl, SslStream};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use switchboard_control::config::Config;
+use switchboard_control::dtls::{
+    dtls_context, self_signed_certificate, split_keying_material, DatagramPipe, EXPORTER_LABEL, MTU,
+};
+use switchboard_control::server::{build_state_over_workers, Server};
+
+const ADMIN: &str = "admin-token-0123456789";
+const PT_OPUS: u8 = 111;
+const PT_VP8: u8 = 96;
+const PT_RTX: u8 = 97;
+/// Every wait on the network is bounded by this.
+const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A UDP port free on all addresses now (a worker binds it right after);
+/// tests of this process never get the same one.
+fn free_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let seed = (std::process::id() % 3000) as u16 * 10;
+    loop {
+        let p = 20_000 + (seed + NEXT.fetch_add(1, Ordering::Relaxed)) % 30_000;
+        if UdpSocket::bind(("0.0.0.0", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+struct Harness {
+    base: String,
+    http: reqwest::Client,
+    server: Option<Server>,
+    dir: PathBuf,
+}
+
+impl Harness {
+    async fn start(name: &str, engine: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-media-{name}-{}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let text = format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n\
+             [admin]\ntoken = \"{ADMIN}\"\n\
+             [media]\nadvertised_addresses = [\"127.0.0.1\"]\nworkers = 1\n\
+             port_min = {port}\nport_max = {port}\nengine = \"{engine}\"\n\
+             [audit]\npath = \"{}\"\nfsync = \"group\"\ngroup_commit_ms = 5\n\
+             [regions]\nname = \"eu-west\"\n",
+            dir.join("audit.jsonl").display()
+        );
+        let config = Config::parse(&text).unwrap();
+        let state = build_state_over_workers(config).unwrap();
+        let server = Server::start(state).await.unwrap();
+        Self {
+            base: format!("http://{}", server.addr),
+            http: reqwest::Client::new(),
+            server: Some(server),
+            dir,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn admin_post(&self, path: &str, body: Value) -> Value {
+        let r = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(ADMIN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        r.json().await.unwrap()
+    }
+
+    async fn token(&self, consult: &str, participant: &str, role: &str) -> String {
+        self.admin_post(
+            &format!("/v1/consults/{consult}/tokens"),
+            json!({"participant": participant, "role": role}),
+        )
+        .await["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn signal(&self, consult: &str, kind: &str, token: &str, sdp: &str) -> String {
+        let r = self
+            .http
+            .post(self.url(&format!("/v1/consults/{consult}/{kind}")))
+            .header("content-type", "application/sdp")
+            .bearer_auth(token)
+            .body(sdp.to_owned())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "{kind}");
+        r.text().await.unwrap()
+    }
+
+    async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    async fn stop(mut self) {
+        let server = self.server.take().unwrap();
+        let state = server.state.clone();
+        server.shutdown().await.unwrap();
+        state.media().shutdown();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One side of a leg: a socket, ICE credentials and a DTLS certificate.
+struct Client {
+    socket: UdpSocket,
+    ufrag: String,
+    pwd: String,
+    ctx: openssl::ssl::SslContext,
+    fingerprint: String,
+}
+
+impl Client {
+    fn new(ufrag: &str) -> Self {
+        let (cert, key) = self_signed_certificate("participant").unwrap();
+        let fingerprint = cert
+            .digest(MessageDigest::sha256())
+            .unwrap()
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        let ctx = dtls_context(&cert, &key, "SRTP_AEAD_AES_128_GCM:SRTP_AES128_CM_SHA1_80")
+            .unwrap()
+            .build();
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        Self {
+            socket,
+            ufrag: ufrag.to_owned(),
+            pwd: format!("{ufrag}-client-password-0123"),
+            ctx,
+            fingerprint,
+        }
+    }
+
+    /// A WHIP (`sendonly`) or WHEP (`recvonly`) offer with Opus and VP8+RTX.
+    fn offer(&self, direction: &str, ssrcs: Option<(u32, u32, u32)>) -> String {
+        let common = format!(
+            "c=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\na=ice-ufrag:{}\r\na=ice-pwd:{}\r\n\
+             a=fingerprint:sha-256 {}\r\na=setup:actpass\r\n",
+            self.ufrag, self.pwd, self.fingerprint
+        );
+        let mut s = String::from(
+            "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
+             a=msid-semantic: WMS s\r\n",
+        );
+        s += &format!("m=audio 9 UDP/TLS/RTP/SAVPF {PT_OPUS}\r\n{common}a=mid:0\r\n");
+        s += "a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\n";
+        s += "a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n";
+        s += "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n";
+        s += &format!("a={direction}\r\na=rtcp-mux\r\na=rtcp-rsize\r\n");
+        s += &format!("a=rtpmap:{PT_OPUS} opus/48000/2\r\na=rtcp-fb:{PT_OPUS} transport-cc\r\n");
+        s += &format!("a=fmtp:{PT_OPUS} minptime=10;useinbandfec=1\r\n");
+        if let Some((audio, _, _)) = ssrcs {
+            s += &format!("a=ssrc:{audio} cname:publisher\r\n");
+        }
+        s += &format!("m=video 9 UDP/TLS/RTP/SAVPF {PT_VP8} {PT_RTX}\r\n{common}a=mid:1\r\n");
+        s += "a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\n";
+        s += "a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n";
+        s += "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n";
+        s += &format!("a={direction}\r\na=rtcp-mux\r\na=rtcp-rsize\r\n");
+        s += &format!("a=rtpmap:{PT_VP8} VP8/90000\r\n");
+        for fb in ["goog-remb", "transport-cc", "ccm fir", "nack", "nack pli"] {
+            s += &format!("a=rtcp-fb:{PT_VP8} {fb}\r\n");
+        }
+        s += &format!("a=rtpmap:{PT_RTX} rtx/90000\r\na=fmtp:{PT_RTX} apt={PT_VP8}\r\n");
+        if let Some((_, video, rtx)) = ssrcs {
+            s += &format!("a=ssrc-group:FID {video} {rtx}\r\n");
+            s += &format!("a=ssrc:{video} cname:publisher\r\na=ssrc:{rtx} cname:publisher\r\n");
+        }
+        s
+    }
+}
+
+/// What the client needs from an answer.
+struct Answer {
+    ufrag: String,
+    pwd: String,
+    candidate: SocketAddr,
+    /// `(audio, video, video rtx)` SSRCs the appliance announced.
+    ssrcs: Option<SubscribeSpec>,
+}
+
+fn parse_answer(sdp: &str) -> Answer {
+    let attr = |name: &str| {
+        sdp.lines()
+            .find_map(|l| l.strip_prefix(&format!("a={name}:")))
+            .unwrap_or_else(|| panic!("no a={name} in {sdp}"))
+            .trim()
+            .to_owned()
+    };
+    let candidate = attr("candidate");
+    let f: Vec<&str> = candidate.split_whitespace().collect();
+    let candidate = SocketAddr::new(f[4].parse().unwrap(), f[5].parse().unwrap());
+    let mut audio = None;
+    let mut video = None;
+    let mut section = "";
+    for l in sdp.lines() {
+        if let Some(m) = l.strip_prefix("m=") {
+            section = if m.starts_with("audio") {
+                "audio"
+            } else {
+                "video"
+            };
+        }
+        if let Some(rest) = l.strip_prefix("a=ssrc-group:FID ") {
+            let v: Vec<u32> = rest
+                .split_whitespace()
+                .map(|x| x.parse().unwrap())
+                .collect();
+            video = Some((v[0], v[1]));
+        } else if let Some(rest) = l.strip_prefix("a=ssrc:") {
+            if section == "audio" && audio.is_none() {
+                audio = rest.split_whitespace().next().map(|x| x.parse().unwrap());
+            }
+        }
+    }
+    Answer {
+        ufrag: attr("ice-ufrag"),
+        pwd: attr("ice-pwd"),
+        candidate,
+        ssrcs: audio.zip(video).map(|(a, (v, r))| SubscribeSpec {
+            audio_ssrc: a,
+            video_ssrc: v,
+            video_rtx_ssrc: r,
+        }),
+    }
+}
+
+fn binding_request(answer: &Answer, client: &Client, pwd: &str, txid: [u8; 12]) -> Vec<u8> {
+    let mut out = vec![0u8; 256];
+    let mut b = MessageBuilder::new(&mut out, BINDING_REQUEST, txid).unwrap();
+    b.add_username(format!("{}:{}", answer.ufrag, client.ufrag).as_bytes())
+        .unwrap();
+    b.add_priority(0x6e00_1eff).unwrap();
+    b.add_ice_controlling(0x1234_5678).unwrap();
+    b.add_use_candidate().unwrap();
+    b.add_message_integrity(pwd.as_bytes()).unwrap();
+    b.add_fingerprint().unwrap();
+    let n = b.finish();
+    out.truncate(n);
+    out
+}
+
+/// Sends `request` and returns the response with its transaction id.
+fn stun_exchange(client: &Client, to: SocketAddr, request: &[u8], wait: Duration) -> Option<Class> {
+    client.socket.send_to(request, to).unwrap();
+    client.socket.set_read_timeout(Some(wait)).unwrap();
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 1500];
+    while Instant::now() < deadline {
+        let Ok((n, _)) = client.socket.recv_from(&mut buf) else {
+            break;
+        };
+        if let Ok(m) = Message::new_checked(&buf[..n]) {
+            if m.transaction_id() == request[8..20] {
+                return Some(m.class());
+            }
+        }
+    }
+    None
+}
+
+/// ICE (one nominating check) and the DTLS client handshake; returns the
+/// SRTP profile and `(client write, server write)` keys.
+fn connect(
+    client: &Client,
+    answer: &Answer,
+) -> (
+    SrtpProfile,
+    dataplane::srtp::MasterKey,
+    dataplane::srtp::MasterKey,
+) {
+    let req = binding_request(answer, client, &answer.pwd, [7; 12]);
+    assert_eq!(
+        stun_exchange(client, answer.candidate, &req, STEP_TIMEOUT),
+        Some(Class::SuccessResponse)
+    );
+    let mut ssl = Ssl::new(&client.ctx).unwrap();
+    ssl.set_mtu(MTU).unwrap();
+    ssl.set_connect_state();
+    let mut stream = SslStream::new(ssl, DatagramPipe::default()).unwrap();
+    client
+        .socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    let mut buf = [0u8; 2048];
+    loop {
+        let done = match stream.connect() {
+            Ok(()) => true,
+            Err(e) if e.code() == ErrorCode::WANT_READ => false,
+            Err(e) => panic!("DTLS client: {e}"),
+        };
+        while let Some(d) = stream.get_mut().pop_outgoing() {
+            client.socket.send_to(&d, answer.candidate).unwrap();
+        }
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "DTLS handshake timed out");
+        if let Ok((n, _)) = client.socket.recv_from(&mut buf) {
+            if (20..=63).contains(&buf[0]) {
+                stream.get_mut().push_incoming(&buf[..n]);
+            }
+        }
+    }
+    let ssl = stream.ssl();
+    let id = ssl.selected_srtp_profile().expect("use_srtp").id().as_raw();
+    let profile = SrtpProfile::from_dtls_id(u16::try_from(id).unwrap()).unwrap();
+    let mut material = vec![0u8; 2 * (profile.master_key_len() + profile.master_salt_len())];
+    ssl.export_keying_material(&mut material, EXPORTER_LABEL, None)
+        .unwrap();
+    let (client_key, server_key) = split_keying_material(profile, &material).unwrap();
+    (profile, client_key, server_key)
+}
+
+fn media_config() -> MediaConfig {
+    MediaConfig {
+        audio_pt: Some(PT_OPUS),
+        video: Some((PT_VP8, VideoCodec::Vp8)),
+        rtx_pt: Some(PT_RTX),
+        extensions: ExtensionIds {
+            rid: None,
+            abs_send_time: Some(2),
+            transport_cc: Some(3),
+            audio_level: None,
+        },
+        nack: true,
+    }
+}
+
+fn peer(
+    profile: SrtpProfile,
+    send: dataplane::srtp::MasterKey,
+    recv: dataplane::srtp::MasterKey,
+    publish: Option<(u32, u32)>,
+) -> Peer {
+    Peer::new(PeerConfig {
+        profile,
+        send_key: send,
+        recv_key: recv,
+        media: media_config(),
+        rtcp_ssrc: 0x0bad_cafe,
+        audio_ssrc: publish.map(|(a, _)| a),
+        video: publish
+            .map(|(_, v)| {
+                vec![PeerLayer {
+                    rid: None,
+                    ssrc: v,
+                    kbps: 300,
+                }]
+            })
+            .unwrap_or_default(),
+        fps: 30,
+        audio_payload: 80,
+        max_video_payload: 1100,
+        keyframe_interval: 0,
+        seed: 11,
+    })
+    .unwrap()
+}
+
+/// Reads everything waiting on `socket` into `peer`; returns how many
+/// media packets decrypted.
+fn drain(socket: &UdpSocket, peer: &mut Peer) -> usize {
+    let mut buf = [0u8; 2048];
+    let mut n = 0;
+    while let Ok((len, _)) = socket.recv_from(&mut buf) {
+        let rtp = !dataplane::wire::demux::is_rtcp(&buf[..len]);
+        if (128..=191).contains(&buf[0]) && peer.receive(&mut buf[..len]).is_ok() && rtp {
+            n += 1;
+        }
+    }
+    n
+}
+
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+async fn loopback(engine: &str) {
+    let h = Harness::start(engine, engine).await;
+    let consult = h
+        .admin_post(
+            "/v1/consults",
+            json!({"priority": "routine", "residency": "eu"}),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let patient = h.token(&consult, "patient-1", "patient").await;
+    let clinician = h.token(&consult, "clinician-1", "clinician").await;
+
+    let (audio_ssrc, video_ssrc, rtx_ssrc) = (0x1111_0001u32, 0x1111_0002u32, 0x1111_0003u32);
+    let publisher = Client::new("pubA");
+    let subscriber = Client::new("subB");
+    let whip = h
+        .signal(
+            &consult,
+            "whip",
+            &patient,
+            &publisher.offer("sendonly", Some((audio_ssrc, video_ssrc, rtx_ssrc))),
+        )
+        .await;
+    let answered = Instant::now();
+    let whep = h
+        .signal(
+            &consult,
+            "whep",
+            &clinician,
+            &subscriber.offer("recvonly", None),
+        )
+        .await;
+    let pub_answer = parse_answer(&whip);
+    let sub_answer = parse_answer(&whep);
+    let expected = sub_answer.ssrcs.expect("the WHEP answer announces SSRCs");
+
+    let before = h.metrics().await;
+    let bad_before = metric(
+        &before,
+        "switchboard_stun_failures_total{reason=\"bad_integrity\"}",
+    );
+    let unvalidated_before = metric(
+        &before,
+        "switchboard_dtls_failures_total{reason=\"unvalidated\"}",
+    );
+    let (first_packet, report, forwarded) = tokio::task::spawn_blocking(move || {
+        // A check signed with the wrong password: no success, and counted.
+        let bad = binding_request(&pub_answer, &publisher, "not-the-password-000000", [9; 12]);
+        let reply = stun_exchange(
+            &publisher,
+            pub_answer.candidate,
+            &bad,
+            Duration::from_millis(500),
+        );
+        assert_ne!(reply, Some(Class::SuccessResponse));
+
+        // DTLS before any ICE check: dropped unanswered, and counted.
+        let hello = [22u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        subscriber
+            .socket
+            .send_to(&hello, sub_answer.candidate)
+            .unwrap();
+
+        let (p_profile, p_client, p_server) = connect(&publisher, &pub_answer);
+        let (s_profile, s_client, s_server) = connect(&subscriber, &sub_answer);
+        let mut tx = peer(
+            p_profile,
+            p_client,
+            p_server,
+            Some((audio_ssrc, video_ssrc)),
+        );
+        let mut rx = peer(s_profile, s_client, s_server, None);
+        rx.expect(expected);
+        for c in [&publisher, &subscriber] {
+            c.socket.set_nonblocking(true).unwrap();
+        }
+        // Media for at most three seconds: 20 ms audio, 30 fps video.
+        let start = Instant::now();
+        let mut first_packet = None;
+        let mut next_audio = Duration::ZERO;
+        let mut next_video = Duration::ZERO;
+        let mut buf = [0u8; 1500];
+        let mut received = 0usize;
+        let mut sent_after_first = 0usize;
+        while start.elapsed() < Duration::from_secs(3) && sent_after_first < 100 {
+            let t = start.elapsed();
+            let us = t.as_micros() as u64;
+            if t >= next_audio {
+                let len = tx.audio_packet(us, &mut buf).unwrap();
+                publisher
+                    .socket
+                    .send_to(&buf[..len], pub_answer.candidate)
+                    .unwrap();
+                next_audio += Duration::from_millis(20);
+                if first_packet.is_some() {
+                    sent_after_first += 1;
+                }
+            }
+            if t >= next_video {
+                tx.video_frame(us, |_, bytes| {
+                    publisher
+                        .socket
+                        .send_to(bytes, pub_answer.candidate)
+                        .unwrap();
+                })
+                .unwrap();
+                next_video += Duration::from_micros(33_333);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            // The publisher hears PLIs and reports; the subscriber media.
+            drain(&publisher.socket, &mut tx);
+            received += drain(&subscriber.socket, &mut rx);
+            if received > 0 && first_packet.is_none() {
+                first_packet = Some(answered.elapsed());
+            }
+        }
+        // What is still in flight.
+        std::thread::sleep(Duration::from_millis(50));
+        drain(&subscriber.socket, &mut rx);
+        let streams: Vec<(MediaKind, dataplane::sfu::peer::StreamReport)> =
+            rx.streams().map(|(k, r)| (k, r.clone())).collect();
+        (
+            first_packet,
+            (streams, rx.report().clone()),
+            tx.report().sent,
+        )
+    })
+    .await
+    .unwrap();
+
+    let first_packet = first_packet.expect("no media reached the subscriber");
+    println!("{engine}: WHIP answer to first decrypted packet: {first_packet:?}");
+    let (streams, peer_report) = report;
+    assert_eq!(peer_report.srtp_failures, 0, "{peer_report:?}");
+    assert_eq!(peer_report.unexpected, 0, "{peer_report:?}");
+    assert!(forwarded > 100, "publisher sent {forwarded}");
+    for (kind, s) in &streams {
+        assert!(s.received > 20, "{kind:?}: {s:?}");
+        assert_eq!(s.payload_mismatches, 0, "{kind:?}: {s:?}");
+        assert_eq!(s.missing, 0, "{kind:?}: sequence gap {s:?}");
+        assert_eq!(s.duplicates, 0, "{kind:?}: {s:?}");
+        assert_eq!(s.timestamp_regressions, 0, "{kind:?}: {s:?}");
+    }
+    assert_eq!(streams.len(), 2);
+
+    let text = h.metrics().await;
+    let bad_after = metric(
+        &text,
+        "switchboard_stun_failures_total{reason=\"bad_integrity\"}",
+    );
+    assert_eq!(
+        bad_after,
+        bad_before + 1,
+        "bad MESSAGE-INTEGRITY not counted"
+    );
+    let unvalidated_after = metric(
+        &text,
+        "switchboard_dtls_failures_total{reason=\"unvalidated\"}",
+    );
+    assert_eq!(
+        unvalidated_after,
+        unvalidated_before + 1,
+        "DTLS from an unvalidated address not counted"
+    );
+    let stats: Value = h
+        .http
+        .get(h.url("/v1/admin/stats"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    println!("{engine}: admin stats {stats}");
+    assert_eq!(stats["media"]["active_legs"], 2, "{stats}");
+    assert!(
+        stats["media"]["packets_forwarded"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_whep_media_flows_through_the_io_uring_workers() {
+    loopback("io_uring").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_whep_media_flows_through_the_tokio_workers() {
+    loopback("tokio").await;
+}
+
+/// One consult's two legs, connected: the publisher's and the subscriber's
+/// client, their SRTP endpoints and where to send.
+struct ConnectedPair {
+    publisher: Client,
+    subscriber: Client,
+    tx: Peer,
+    rx: Peer,
+    to: SocketAddr,
+    video_ssrc: u32,
+    audio_ssrc: u32,
+}
+
+/// Creates a consult with `priority`, publishes and subscribes in it, and
+/// connects both legs (ICE + DTLS).
+async fn connected_pair(h: &Harness, priority: &str, base_ssrc: u32) -> ConnectedPair {
+    let consult = h
+        .admin_post(
+            "/v1/consults",
+            json!({"priority": priority, "residency": "eu"}),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let patient = h.token(&consult, "patient", "patient").await;
+    let clinician = h.token(&consult, "clinician", "clinician").await;
+    let ssrcs = (base_ssrc, base_ssrc + 1, base_ssrc + 2);
+    let publisher = Client::new(&format!("p{base_ssrc:x}"));
+    let subscriber = Client::new(&format!("s{base_ssrc:x}"));
+    let whip = h
+        .signal(
+            &consult,
+            "whip",
+            &patient,
+            &publisher.offer("sendonly", Some(ssrcs)),
+        )
+        .await;
+    let whep = h
+        .signal(
+            &consult,
+            "whep",
+            &clinician,
+            &subscriber.offer("recvonly", None),
+        )
+        .await;
+    tokio::task::spawn_blocking(move || {
+        let pub_answer = parse_answer(&whip);
+        let sub_answer = parse_answer(&whep);
+        let (p_profile, p_client, p_server) = connect(&publisher, &pub_answer);
+        let (s_profile, s_client, s_server) = connect(&subscriber, &sub_answer);
+        let tx = peer(p_profile, p_client, p_server, Some((ssrcs.0, ssrcs.1)));
+        let mut rx = peer(s_profile, s_client, s_server, None);
+        rx.expect(sub_answer.ssrcs.expect("the WHEP answer announces SSRCs"));
+        for c in [&publisher, &subscriber] {
+            c.socket.set_nonblocking(true).unwrap();
+        }
+        let expected = sub_answer.ssrcs.unwrap();
+        ConnectedPair {
+            publisher,
+            subscriber,
+            tx,
+            rx,
+            to: pub_answer.candidate,
+            video_ssrc: expected.video_ssrc,
+            audio_ssrc: expected.audio_ssrc,
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// Sends `secs` of audio (50 pps) and video (30 fps) on every pair's
+/// publisher and receives on its subscriber; returns the pairs and, per
+/// pair, `(audio, video)` packets received in this period.
+async fn pump(pairs: Vec<ConnectedPair>, secs: f64) -> (Vec<ConnectedPair>, Vec<(u64, u64)>) {
+    tokio::task::spawn_blocking(move || {
+        let mut pairs = pairs;
+        let count = |p: &ConnectedPair| {
+            let get = |ssrc| p.rx.stream(ssrc).map_or(0, |s| s.received);
+            (get(p.audio_ssrc), get(p.video_ssrc))
+        };
+        let before: Vec<(u64, u64)> = pairs.iter().map(count).collect();
+        let start = Instant::now();
+        let period = Duration::from_secs_f64(secs);
+        let mut next_audio = Duration::ZERO;
+        let mut next_video = Duration::ZERO;
+        let mut buf = [0u8; 1500];
+        while start.elapsed() < period {
+            let t = start.elapsed();
+            let us = t.as_micros() as u64;
+            for p in &mut pairs {
+                if t >= next_audio {
+                    let len = p.tx.audio_packet(us, &mut buf).unwrap();
+                    p.publisher.socket.send_to(&buf[..len], p.to).unwrap();
+                }
+                if t >= next_video {
+                    let (socket, to) = (&p.publisher.socket, p.to);
+                    p.tx.video_frame(us, |_, bytes| {
+                        socket.send_to(bytes, to).unwrap();
+                    })
+                    .unwrap();
+                }
+            }
+            if t >= next_audio {
+                next_audio += Duration::from_millis(20);
+            }
+            if t >= next_video {
+                next_video += Duration::from_micros(33_333);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            for p in &mut pairs {
+                drain(&p.publisher.socket, &mut p.tx);
+                drain(&p.subscriber.socket, &mut p.rx);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        for p in &mut pairs {
+            drain(&p.subscriber.socket, &mut p.rx);
+        }
+        let after: Vec<(u64, u64)> = pairs.iter().map(count).collect();
+        let delta = before
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| (a.0 - b.0, a.1 - b.1))
+            .collect();
+        (pairs, delta)
+    })
+    .await
+    .unwrap()
+}
+
+async fn force_level(h: &Harness, level: Option<u8>) -> Value {
+    let r = h
+        .http
+        .put(h.url("/v1/admin/overload"))
+        .bearer_auth(ADMIN)
+        .json(&json!({ "level": level }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.unwrap()
+}
+
+/// Overload level 3 through the real workers: the routine consult loses
+/// its video while its audio keeps flowing, the critical consult keeps
+/// video; lifting the level brings the routine consult's video back.
+/// Hostile datagrams at the shared worker port first leave both consults'
+/// media intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_level_3_makes_routine_consults_audio_only() {
+    let h = Harness::start("overload", "io_uring").await;
+    let routine = connected_pair(&h, "routine", 0x2222_0001).await;
+    let critical = connected_pair(&h, "critical", 0x3333_0001).await;
+
+    // Hostile input at the worker's port from a stranger: garbage, forged
+    // SRTP with a known SSRC, a binding request for an unknown user, and a
+    // DTLS record. None of it may disturb the consults' media below.
+    let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut forged = vec![0x80u8, PT_OPUS, 0, 1, 0, 0, 0, 1];
+    forged.extend_from_slice(&0x2222_0001u32.to_be_bytes());
+    forged.extend_from_slice(&[0xa5; 100]);
+    let unknown_user = {
+        let mut out = vec![0u8; 256];
+        let mut b = MessageBuilder::new(&mut out, BINDING_REQUEST, [3; 12]).unwrap();
+        b.add_username(b"nobody:here").unwrap();
+        b.add_message_integrity(b"whatever-password-000000")
+            .unwrap();
+        b.add_fingerprint().unwrap();
+        let n = b.finish();
+        out.truncate(n);
+        out
+    };
+    for i in 0..200u32 {
+        let garbage: Vec<u8> = (0..(i % 90 + 1)).map(|j| (i * 31 + j * 7) as u8).collect();
+        for d in [
+            &garbage[..],
+            &forged[..],
+            &unknown_user[..],
+            &[22u8, 0xfe, 0xfd, 0, 0][..],
+        ] {
+            stranger.send_to(d, routine.to).unwrap();
+        }
+    }
+
+    let (pairs, normal) = pump(vec![routine, critical], 1.5).await;
+    println!("level 0 (audio, video) received: {normal:?}");
+    for (audio, video) in &normal {
+        assert!(*audio > 30 && *video > 30, "before overload: {normal:?}");
+    }
+    for p in &pairs {
+        let report = p.rx.report();
+        assert_eq!(report.srtp_failures, 0, "{report:?}");
+        assert_eq!(report.unexpected, 0, "{report:?}");
+        for (kind, s) in p.rx.streams() {
+            assert_eq!(s.missing, 0, "{kind:?} disturbed by hostile input: {s:?}");
+            assert_eq!(s.payload_mismatches, 0, "{kind:?}: {s:?}");
+        }
+    }
+
+    let view = force_level(&h, Some(3)).await;
+    assert_eq!(view["level"], 3, "{view}");
+    // Caps apply between two worker batches; allow a short settle time.
+    let (pairs, _) = pump(pairs, 0.3).await;
+    let (pairs, capped) = pump(pairs, 1.5).await;
+    println!("level 3 (audio, video) received: {capped:?}");
+    let (routine_audio, routine_video) = capped[0];
+    let (critical_audio, critical_video) = capped[1];
+    assert!(routine_audio > 30, "routine audio stopped: {capped:?}");
+    assert_eq!(routine_video, 0, "routine video not capped: {capped:?}");
+    assert!(critical_audio > 30, "critical audio stopped: {capped:?}");
+    assert!(critical_video > 30, "critical video capped: {capped:?}");
+
+    let metrics = h.metrics().await;
+    assert!(
+        metric(&metrics, "switchboard_overload_level") == 3,
+        "overload level gauge: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("overload"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    force_level(&h, Some(0)).await;
+    let (pairs, _) = pump(pairs, 0.3).await;
+    let (pairs, restored) = pump(pairs, 1.5).await;
+    println!("level 0 again (audio, video) received: {restored:?}");
+    assert!(
+        restored[0].1 > 30,
+        "routine video not restored: {restored:?}"
+    );
+    for p in &pairs {
+        assert_eq!(p.rx.report().srtp_failures, 0);
+    }
+    drop(pairs);
+    h.stop().await;
+}
