@@ -16,7 +16,10 @@
 //!   `estimate × (1 − loss/2)`, and never below nothing of what was just
 //!   delivered; under 2 % loss it grows by 5 % per feedback (about every
 //!   100 ms); in between it holds. The first feedback starts it at twice the
-//!   delivered rate.
+//!   delivered rate, and at least at [`START_ESTIMATE`] when nothing was
+//!   lost: a subscriber's first feedback usually covers audio alone (video
+//!   waits for a key frame), and starting from that would pause its video
+//!   until the estimate had grown past the lowest layer, seconds later.
 //!
 //! That is deliberately simple: it reacts to loss, not to queueing delay, so
 //! it downgrades a subscriber only once its link drops packets. It is enough
@@ -29,6 +32,9 @@ use crate::wire::rtcp::{TransportCc, TwccPacket, TWCC_DELTA_TICK_US, TWCC_REFERE
 
 /// How long an input counts after it was last heard.
 pub const ESTIMATE_TTL: Duration = Duration::from_secs(5);
+/// The estimate a loss-free first feedback starts from at least (bit/s):
+/// the start bitrate WebRTC senders use, enough for a low simulcast layer.
+pub const START_ESTIMATE: u64 = 300_000;
 /// Estimates are kept within this range (bit/s).
 const MIN_ESTIMATE: u64 = 30_000;
 const MAX_ESTIMATE: u64 = 100_000_000;
@@ -118,6 +124,7 @@ impl TwccEstimator {
         let delivered = (span_us >= i64::from(TWCC_DELTA_TICK_US) * 40)
             .then(|| bytes * 8 * 1_000_000 / span_us as u64);
         let next = match (self.estimate, delivered) {
+            (None, Some(d)) if loss < 0.02 => (d * 2).max(START_ESTIMATE),
             (None, Some(d)) => d * 2,
             (None, None) => return,
             (Some(est), d) => {
@@ -323,5 +330,34 @@ mod tests {
         est.on_feedback(&TransportCc::new_checked(&buf[..]).unwrap(), t0);
         assert!(est.estimate(t0).unwrap() > cut);
         assert!(est.estimate(t0 + ESTIMATE_TTL).is_none());
+    }
+
+    /// Feedback covering `packets` of 100 bytes over 100 ms, every
+    /// `lose_every`-th lost (0: none), into a fresh estimator.
+    fn first_estimate(packets: u16, lose_every: u16) -> u64 {
+        let t0 = Instant::now();
+        let mut est = TwccEstimator::new();
+        let mut rec = TwccRecorder::new(t0);
+        for i in 0..packets {
+            let seq = est.on_send(100);
+            if lose_every == 0 || i % lose_every != 0 {
+                rec.on_packet(
+                    seq,
+                    t0 + Duration::from_millis(u64::from(i) * 100 / u64::from(packets)),
+                );
+            }
+        }
+        let buf = feedback(&mut rec);
+        est.on_feedback(&TransportCc::new_checked(&buf[..]).unwrap(), t0);
+        est.estimate(t0).unwrap()
+    }
+
+    #[test]
+    fn a_clean_start_on_audio_alone_starts_at_the_start_estimate() {
+        // Ten 100-byte packets in 100 ms: about 72 kbit/s delivered.
+        assert_eq!(first_estimate(10, 0), START_ESTIMATE);
+        // With loss on the first feedback, twice what was delivered.
+        let lossy = first_estimate(10, 3);
+        assert!(lossy < START_ESTIMATE, "{lossy}");
     }
 }
