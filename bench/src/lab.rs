@@ -276,24 +276,45 @@ pub fn prioritize_current_thread() -> Result<()> {
     Ok(())
 }
 
+/// The nice value of the autogroup `/proc/<pid>/autogroup` describes, or
+/// `None` where the kernel schedules that task without one: no autogroup
+/// support (no file), or a task in a CPU cgroup of its own, as in a
+/// container, for which the kernel prints nothing.
+fn autogroup_nice(path: &str) -> Result<Option<i32>> {
+    let current = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err).with_context(|| format!("reading {path}")),
+    };
+    if current.trim().is_empty() {
+        return Ok(None);
+    }
+    // "/autogroup-43 nice 0"
+    current
+        .split_whitespace()
+        .last()
+        .and_then(|n| n.parse::<i32>().ok())
+        .map(Some)
+        .with_context(|| format!("unexpected {path}: {current:?}"))
+}
+
 /// Gives the autogroup of process `pid` (a session leader the benchmark
 /// started, so the group goes with it) [`BENCH_NICE`] against the other
-/// sessions on the machine. Without autogroup scheduling there is nothing
-/// to do.
+/// sessions on the machine. Where the process is scheduled without an
+/// autogroup there is nothing to do.
 pub fn prioritize_autogroup(pid: u32) -> Result<()> {
     let path = format!("/proc/{pid}/autogroup");
-    match std::fs::write(&path, BENCH_NICE.to_string()) {
-        Ok(()) => Ok(()),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(err) => Err(err).with_context(|| format!("writing {path}")),
+    if autogroup_nice(&path)?.is_none() {
+        return Ok(());
     }
+    std::fs::write(&path, BENCH_NICE.to_string()).with_context(|| format!("writing {path}"))
 }
 
 /// This process's autogroup raised to [`BENCH_NICE`] against the other
 /// sessions on the machine while it lives, so the generator's side of every
 /// ratio is measured like rtpengine's (see [`prioritize_autogroup`]); the
-/// previous value comes back on drop. Without autogroup scheduling it does
-/// nothing.
+/// previous value comes back on drop. Where the process is scheduled
+/// without an autogroup it does nothing.
 pub struct AutogroupPriority {
     previous: Option<i32>,
 }
@@ -303,19 +324,9 @@ impl AutogroupPriority {
 
     /// Raises this process's autogroup.
     pub fn raise() -> Result<Self> {
-        let current = match std::fs::read_to_string(Self::PATH) {
-            Ok(text) => text,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Self { previous: None })
-            }
-            Err(err) => return Err(err).with_context(|| format!("reading {}", Self::PATH)),
+        let Some(previous) = autogroup_nice(Self::PATH)? else {
+            return Ok(Self { previous: None });
         };
-        // "/autogroup-43 nice 0"
-        let previous = current
-            .split_whitespace()
-            .last()
-            .and_then(|n| n.parse::<i32>().ok())
-            .with_context(|| format!("unexpected {}: {current:?}", Self::PATH))?;
         std::fs::write(Self::PATH, BENCH_NICE.to_string())
             .with_context(|| format!("writing {}", Self::PATH))?;
         Ok(Self {

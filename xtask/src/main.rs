@@ -230,6 +230,7 @@ fn ci() -> Result<()> {
     let tally = run_tests(Command::new("cargo").args([
         "test",
         "--locked",
+        "--no-fail-fast",
         "--workspace",
         "--exclude",
         "switchboard-ebpf",
