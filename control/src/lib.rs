@@ -15,6 +15,7 @@ pub mod ice;
 pub mod media;
 pub mod metrics;
 pub mod overload;
+pub mod participant;
 pub mod placement;
 pub mod plan;
 pub mod sdp;

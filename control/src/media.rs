@@ -14,6 +14,7 @@
 //! owning the leg's UDP port drives). [`worker::WorkerMediaPlane`] is the
 //! implementation over the SFU workers.
 
+pub mod ingress;
 pub mod worker;
 
 use std::collections::{BTreeMap, BTreeSet};

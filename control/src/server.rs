@@ -301,10 +301,18 @@ pub fn build_state_over_workers(config: Config) -> Result<Arc<AppState>, StartEr
     let identity = DtlsIdentity::generate()?;
     tracing::info!(fingerprint = %identity.fingerprint_sdp(), "DTLS certificate generated");
     let metrics = ControlMetrics::new(Arc::new(Registry::new()));
-    let media: Arc<dyn MediaPlane> = Arc::new(WorkerMediaPlane::start(
+    let ingress = crate::media::ingress::IngressFilter::start(&config.xdp, &config.media)
+        .map_err(crate::media::worker::StartError::from)?;
+    if let Some(filter) = &ingress {
+        for (interface, mode) in filter.attached() {
+            tracing::info!(interface, %mode, "XDP ingress filter in front of the media ports");
+        }
+    }
+    let media: Arc<dyn MediaPlane> = Arc::new(WorkerMediaPlane::start_with_ingress(
         &config.media,
         identity.clone(),
         metrics.clone(),
+        ingress,
     )?);
     build_state_with(config, media, identity, metrics)
 }

@@ -11,24 +11,16 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dataplane::sfu::peer::{Peer, PeerConfig, PeerLayer};
-use dataplane::sfu::{ExtensionIds, MediaConfig, MediaKind, SubscribeSpec, VideoCodec};
-use dataplane::srtp::SrtpProfile;
-use dataplane::wire::stun::{Class, Message, MessageBuilder, BINDING_REQUEST};
-use openssl::hash::MessageDigest;
-use openssl::ssl::{ErrorCode, Ssl, SslStream};
+use dataplane::sfu::peer::Peer;
+use dataplane::sfu::MediaKind;
+use dataplane::wire::stun::{Class, MessageBuilder, BINDING_REQUEST};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use switchboard_control::config::Config;
-use switchboard_control::dtls::{
-    dtls_context, self_signed_certificate, split_keying_material, DatagramPipe, EXPORTER_LABEL, MTU,
-};
+use switchboard_control::participant::{drain, Answer, Participant, PublishSsrcs, PT_OPUS};
 use switchboard_control::server::{build_state_over_workers, Server};
 
 const ADMIN: &str = "admin-token-0123456789";
-const PT_OPUS: u8 = 111;
-const PT_VP8: u8 = 96;
-const PT_RTX: u8 = 97;
 /// Every wait on the network is bounded by this.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -146,278 +138,9 @@ impl Harness {
     }
 }
 
-/// One side of a leg: a socket, ICE credentials and a DTLS certificate.
-struct Client {
-    socket: UdpSocket,
-    ufrag: String,
-    pwd: String,
-    ctx: openssl::ssl::SslContext,
-    fingerprint: String,
-}
-
-impl Client {
-    fn new(ufrag: &str) -> Self {
-        let (cert, key) = self_signed_certificate("participant").unwrap();
-        let fingerprint = cert
-            .digest(MessageDigest::sha256())
-            .unwrap()
-            .iter()
-            .map(|b| format!("{b:02X}"))
-            .collect::<Vec<_>>()
-            .join(":");
-        let ctx = dtls_context(&cert, &key, "SRTP_AEAD_AES_128_GCM:SRTP_AES128_CM_SHA1_80")
-            .unwrap()
-            .build();
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        Self {
-            socket,
-            ufrag: ufrag.to_owned(),
-            pwd: format!("{ufrag}-client-password-0123"),
-            ctx,
-            fingerprint,
-        }
-    }
-
-    /// A WHIP (`sendonly`) or WHEP (`recvonly`) offer with Opus and VP8+RTX.
-    fn offer(&self, direction: &str, ssrcs: Option<(u32, u32, u32)>) -> String {
-        let common = format!(
-            "c=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\na=ice-ufrag:{}\r\na=ice-pwd:{}\r\n\
-             a=fingerprint:sha-256 {}\r\na=setup:actpass\r\n",
-            self.ufrag, self.pwd, self.fingerprint
-        );
-        let mut s = String::from(
-            "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
-             a=msid-semantic: WMS s\r\n",
-        );
-        s += &format!("m=audio 9 UDP/TLS/RTP/SAVPF {PT_OPUS}\r\n{common}a=mid:0\r\n");
-        s += "a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\n";
-        s += "a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n";
-        s += "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n";
-        s += &format!("a={direction}\r\na=rtcp-mux\r\na=rtcp-rsize\r\n");
-        s += &format!("a=rtpmap:{PT_OPUS} opus/48000/2\r\na=rtcp-fb:{PT_OPUS} transport-cc\r\n");
-        s += &format!("a=fmtp:{PT_OPUS} minptime=10;useinbandfec=1\r\n");
-        if let Some((audio, _, _)) = ssrcs {
-            s += &format!("a=ssrc:{audio} cname:publisher\r\n");
-        }
-        s += &format!("m=video 9 UDP/TLS/RTP/SAVPF {PT_VP8} {PT_RTX}\r\n{common}a=mid:1\r\n");
-        s += "a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\n";
-        s += "a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n";
-        s += "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n";
-        s += &format!("a={direction}\r\na=rtcp-mux\r\na=rtcp-rsize\r\n");
-        s += &format!("a=rtpmap:{PT_VP8} VP8/90000\r\n");
-        for fb in ["goog-remb", "transport-cc", "ccm fir", "nack", "nack pli"] {
-            s += &format!("a=rtcp-fb:{PT_VP8} {fb}\r\n");
-        }
-        s += &format!("a=rtpmap:{PT_RTX} rtx/90000\r\na=fmtp:{PT_RTX} apt={PT_VP8}\r\n");
-        if let Some((_, video, rtx)) = ssrcs {
-            s += &format!("a=ssrc-group:FID {video} {rtx}\r\n");
-            s += &format!("a=ssrc:{video} cname:publisher\r\na=ssrc:{rtx} cname:publisher\r\n");
-        }
-        s
-    }
-}
-
-/// What the client needs from an answer.
-struct Answer {
-    ufrag: String,
-    pwd: String,
-    candidate: SocketAddr,
-    /// `(audio, video, video rtx)` SSRCs the appliance announced.
-    ssrcs: Option<SubscribeSpec>,
-}
-
-fn parse_answer(sdp: &str) -> Answer {
-    let attr = |name: &str| {
-        sdp.lines()
-            .find_map(|l| l.strip_prefix(&format!("a={name}:")))
-            .unwrap_or_else(|| panic!("no a={name} in {sdp}"))
-            .trim()
-            .to_owned()
-    };
-    let candidate = attr("candidate");
-    let f: Vec<&str> = candidate.split_whitespace().collect();
-    let candidate = SocketAddr::new(f[4].parse().unwrap(), f[5].parse().unwrap());
-    let mut audio = None;
-    let mut video = None;
-    let mut section = "";
-    for l in sdp.lines() {
-        if let Some(m) = l.strip_prefix("m=") {
-            section = if m.starts_with("audio") {
-                "audio"
-            } else {
-                "video"
-            };
-        }
-        if let Some(rest) = l.strip_prefix("a=ssrc-group:FID ") {
-            let v: Vec<u32> = rest
-                .split_whitespace()
-                .map(|x| x.parse().unwrap())
-                .collect();
-            video = Some((v[0], v[1]));
-        } else if let Some(rest) = l.strip_prefix("a=ssrc:") {
-            if section == "audio" && audio.is_none() {
-                audio = rest.split_whitespace().next().map(|x| x.parse().unwrap());
-            }
-        }
-    }
-    Answer {
-        ufrag: attr("ice-ufrag"),
-        pwd: attr("ice-pwd"),
-        candidate,
-        ssrcs: audio.zip(video).map(|(a, (v, r))| SubscribeSpec {
-            audio_ssrc: a,
-            video_ssrc: v,
-            video_rtx_ssrc: r,
-        }),
-    }
-}
-
-fn binding_request(answer: &Answer, client: &Client, pwd: &str, txid: [u8; 12]) -> Vec<u8> {
-    let mut out = vec![0u8; 256];
-    let mut b = MessageBuilder::new(&mut out, BINDING_REQUEST, txid).unwrap();
-    b.add_username(format!("{}:{}", answer.ufrag, client.ufrag).as_bytes())
-        .unwrap();
-    b.add_priority(0x6e00_1eff).unwrap();
-    b.add_ice_controlling(0x1234_5678).unwrap();
-    b.add_use_candidate().unwrap();
-    b.add_message_integrity(pwd.as_bytes()).unwrap();
-    b.add_fingerprint().unwrap();
-    let n = b.finish();
-    out.truncate(n);
-    out
-}
-
-/// Sends `request` and returns the response with its transaction id.
-fn stun_exchange(client: &Client, to: SocketAddr, request: &[u8], wait: Duration) -> Option<Class> {
-    client.socket.send_to(request, to).unwrap();
-    client.socket.set_read_timeout(Some(wait)).unwrap();
-    let deadline = Instant::now() + wait;
-    let mut buf = [0u8; 1500];
-    while Instant::now() < deadline {
-        let Ok((n, _)) = client.socket.recv_from(&mut buf) else {
-            break;
-        };
-        if let Ok(m) = Message::new_checked(&buf[..n]) {
-            if m.transaction_id() == request[8..20] {
-                return Some(m.class());
-            }
-        }
-    }
-    None
-}
-
-/// ICE (one nominating check) and the DTLS client handshake; returns the
-/// SRTP profile and `(client write, server write)` keys.
-fn connect(
-    client: &Client,
-    answer: &Answer,
-) -> (
-    SrtpProfile,
-    dataplane::srtp::MasterKey,
-    dataplane::srtp::MasterKey,
-) {
-    let req = binding_request(answer, client, &answer.pwd, [7; 12]);
-    assert_eq!(
-        stun_exchange(client, answer.candidate, &req, STEP_TIMEOUT),
-        Some(Class::SuccessResponse)
-    );
-    let mut ssl = Ssl::new(&client.ctx).unwrap();
-    ssl.set_mtu(MTU).unwrap();
-    ssl.set_connect_state();
-    let mut stream = SslStream::new(ssl, DatagramPipe::default()).unwrap();
-    client
-        .socket
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let deadline = Instant::now() + STEP_TIMEOUT;
-    let mut buf = [0u8; 2048];
-    loop {
-        let done = match stream.connect() {
-            Ok(()) => true,
-            Err(e) if e.code() == ErrorCode::WANT_READ => false,
-            Err(e) => panic!("DTLS client: {e}"),
-        };
-        while let Some(d) = stream.get_mut().pop_outgoing() {
-            client.socket.send_to(&d, answer.candidate).unwrap();
-        }
-        if done {
-            break;
-        }
-        assert!(Instant::now() < deadline, "DTLS handshake timed out");
-        if let Ok((n, _)) = client.socket.recv_from(&mut buf) {
-            if (20..=63).contains(&buf[0]) {
-                stream.get_mut().push_incoming(&buf[..n]);
-            }
-        }
-    }
-    let ssl = stream.ssl();
-    let id = ssl.selected_srtp_profile().expect("use_srtp").id().as_raw();
-    let profile = SrtpProfile::from_dtls_id(u16::try_from(id).unwrap()).unwrap();
-    let mut material = vec![0u8; 2 * (profile.master_key_len() + profile.master_salt_len())];
-    ssl.export_keying_material(&mut material, EXPORTER_LABEL, None)
-        .unwrap();
-    let (client_key, server_key) = split_keying_material(profile, &material).unwrap();
-    (profile, client_key, server_key)
-}
-
-fn media_config() -> MediaConfig {
-    MediaConfig {
-        audio_pt: Some(PT_OPUS),
-        video: Some((PT_VP8, VideoCodec::Vp8)),
-        rtx_pt: Some(PT_RTX),
-        extensions: ExtensionIds {
-            rid: None,
-            abs_send_time: Some(2),
-            transport_cc: Some(3),
-            audio_level: None,
-        },
-        nack: true,
-    }
-}
-
-fn peer(
-    profile: SrtpProfile,
-    send: dataplane::srtp::MasterKey,
-    recv: dataplane::srtp::MasterKey,
-    publish: Option<(u32, u32)>,
-) -> Peer {
-    Peer::new(PeerConfig {
-        profile,
-        send_key: send,
-        recv_key: recv,
-        media: media_config(),
-        rtcp_ssrc: 0x0bad_cafe,
-        audio_ssrc: publish.map(|(a, _)| a),
-        video: publish
-            .map(|(_, v)| {
-                vec![PeerLayer {
-                    rid: None,
-                    ssrc: v,
-                    kbps: 300,
-                }]
-            })
-            .unwrap_or_default(),
-        fps: 30,
-        audio_payload: 80,
-        max_video_payload: 1100,
-        keyframe_interval: 0,
-        seed: 11,
-    })
-    .unwrap()
-}
-
-/// Reads everything waiting on `socket` into `peer`; returns how many
-/// media packets decrypted.
-fn drain(socket: &UdpSocket, peer: &mut Peer) -> usize {
-    let mut buf = [0u8; 2048];
-    let mut n = 0;
-    while let Ok((len, _)) = socket.recv_from(&mut buf) {
-        let rtp = !dataplane::wire::demux::is_rtcp(&buf[..len]);
-        if (128..=191).contains(&buf[0]) && peer.receive(&mut buf[..len]).is_ok() && rtp {
-            n += 1;
-        }
-    }
-    n
+/// A participant leg's client on loopback.
+fn client(ufrag: &str) -> Participant {
+    Participant::new(ufrag, "127.0.0.1:0".parse().unwrap()).unwrap()
 }
 
 fn metric(text: &str, series: &str) -> u64 {
@@ -441,14 +164,21 @@ async fn loopback(engine: &str) {
     let clinician = h.token(&consult, "clinician-1", "clinician").await;
 
     let (audio_ssrc, video_ssrc, rtx_ssrc) = (0x1111_0001u32, 0x1111_0002u32, 0x1111_0003u32);
-    let publisher = Client::new("pubA");
-    let subscriber = Client::new("subB");
+    let publisher = client("pubA");
+    let subscriber = client("subB");
     let whip = h
         .signal(
             &consult,
             "whip",
             &patient,
-            &publisher.offer("sendonly", Some((audio_ssrc, video_ssrc, rtx_ssrc))),
+            &publisher.offer(
+                "sendonly",
+                Some(PublishSsrcs {
+                    audio: audio_ssrc,
+                    video: video_ssrc,
+                    video_rtx: rtx_ssrc,
+                }),
+            ),
         )
         .await;
     let answered = Instant::now();
@@ -460,8 +190,8 @@ async fn loopback(engine: &str) {
             &subscriber.offer("recvonly", None),
         )
         .await;
-    let pub_answer = parse_answer(&whip);
-    let sub_answer = parse_answer(&whep);
+    let pub_answer = Answer::parse(&whip).unwrap();
+    let sub_answer = Answer::parse(&whep).unwrap();
     let expected = sub_answer.ssrcs.expect("the WHEP answer announces SSRCs");
 
     let before = h.metrics().await;
@@ -475,13 +205,10 @@ async fn loopback(engine: &str) {
     );
     let (first_packet, report, forwarded) = tokio::task::spawn_blocking(move || {
         // A check signed with the wrong password: no success, and counted.
-        let bad = binding_request(&pub_answer, &publisher, "not-the-password-000000", [9; 12]);
-        let reply = stun_exchange(
-            &publisher,
-            pub_answer.candidate,
-            &bad,
-            Duration::from_millis(500),
-        );
+        let bad = publisher.binding_request(&pub_answer, "not-the-password-000000", [9; 12]);
+        let reply = publisher
+            .stun_exchange(pub_answer.candidate, &bad, Duration::from_millis(500))
+            .unwrap();
         assert_ne!(reply, Some(Class::SuccessResponse));
 
         // DTLS before any ICE check: dropped unanswered, and counted.
@@ -491,15 +218,23 @@ async fn loopback(engine: &str) {
             .send_to(&hello, sub_answer.candidate)
             .unwrap();
 
-        let (p_profile, p_client, p_server) = connect(&publisher, &pub_answer);
-        let (s_profile, s_client, s_server) = connect(&subscriber, &sub_answer);
-        let mut tx = peer(
-            p_profile,
-            p_client,
-            p_server,
-            Some((audio_ssrc, video_ssrc)),
-        );
-        let mut rx = peer(s_profile, s_client, s_server, None);
+        let mut tx = publisher
+            .connect(&pub_answer, STEP_TIMEOUT)
+            .unwrap()
+            .peer(
+                Some(PublishSsrcs {
+                    audio: audio_ssrc,
+                    video: video_ssrc,
+                    video_rtx: rtx_ssrc,
+                }),
+                300,
+            )
+            .unwrap();
+        let mut rx = subscriber
+            .connect(&sub_answer, STEP_TIMEOUT)
+            .unwrap()
+            .peer(None, 300)
+            .unwrap();
         rx.expect(expected);
         for c in [&publisher, &subscriber] {
             c.socket.set_nonblocking(true).unwrap();
@@ -624,8 +359,8 @@ async fn whip_whep_media_flows_through_the_tokio_workers() {
 /// One consult's two legs, connected: the publisher's and the subscriber's
 /// client, their SRTP endpoints and where to send.
 struct ConnectedPair {
-    publisher: Client,
-    subscriber: Client,
+    publisher: Participant,
+    subscriber: Participant,
     tx: Peer,
     rx: Peer,
     to: SocketAddr,
@@ -647,9 +382,9 @@ async fn connected_pair(h: &Harness, priority: &str, base_ssrc: u32) -> Connecte
         .to_owned();
     let patient = h.token(&consult, "patient", "patient").await;
     let clinician = h.token(&consult, "clinician", "clinician").await;
-    let ssrcs = (base_ssrc, base_ssrc + 1, base_ssrc + 2);
-    let publisher = Client::new(&format!("p{base_ssrc:x}"));
-    let subscriber = Client::new(&format!("s{base_ssrc:x}"));
+    let ssrcs = PublishSsrcs::from_base(base_ssrc);
+    let publisher = client(&format!("p{base_ssrc:x}"));
+    let subscriber = client(&format!("s{base_ssrc:x}"));
     let whip = h
         .signal(
             &consult,
@@ -667,12 +402,18 @@ async fn connected_pair(h: &Harness, priority: &str, base_ssrc: u32) -> Connecte
         )
         .await;
     tokio::task::spawn_blocking(move || {
-        let pub_answer = parse_answer(&whip);
-        let sub_answer = parse_answer(&whep);
-        let (p_profile, p_client, p_server) = connect(&publisher, &pub_answer);
-        let (s_profile, s_client, s_server) = connect(&subscriber, &sub_answer);
-        let tx = peer(p_profile, p_client, p_server, Some((ssrcs.0, ssrcs.1)));
-        let mut rx = peer(s_profile, s_client, s_server, None);
+        let pub_answer = Answer::parse(&whip).unwrap();
+        let sub_answer = Answer::parse(&whep).unwrap();
+        let tx = publisher
+            .connect(&pub_answer, STEP_TIMEOUT)
+            .unwrap()
+            .peer(Some(ssrcs), 300)
+            .unwrap();
+        let mut rx = subscriber
+            .connect(&sub_answer, STEP_TIMEOUT)
+            .unwrap()
+            .peer(None, 300)
+            .unwrap();
         rx.expect(sub_answer.ssrcs.expect("the WHEP answer announces SSRCs"));
         for c in [&publisher, &subscriber] {
             c.socket.set_nonblocking(true).unwrap();

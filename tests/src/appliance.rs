@@ -87,6 +87,12 @@ impl Appliance {
     /// Writes the configuration and starts the appliance inside `ns`;
     /// returns once `/healthz` answers (at most 20 s).
     pub fn start(ns: &Netns, cfg: &ApplianceConfig) -> Result<Self> {
+        Self::start_with(ns, cfg, "")
+    }
+
+    /// [`start`](Self::start) with `extra` TOML tables appended to the
+    /// configuration (tables the base configuration does not have).
+    pub fn start_with(ns: &Netns, cfg: &ApplianceConfig, extra: &str) -> Result<Self> {
         let bin = switchboard_binary()?;
         let dir = TempDir::new("appliance")?;
         let advertised: Vec<String> = cfg.advertised.iter().map(|a| format!("\"{a}\"")).collect();
@@ -96,7 +102,7 @@ impl Appliance {
              [media]\nadvertised_addresses = [{adv}]\nport_min = {port}\nport_max = {port}\nworkers = 1\n\
              [audit]\npath = \"{audit}\"\nfsync = \"group\"\ngroup_commit_ms = 5\n\
              [drain]\ntimeout_secs = 1\n\
-             [log]\nlevel = \"{level}\"\n",
+             [log]\nlevel = \"{level}\"\n{extra}",
             listen = cfg.listen,
             adv = advertised.join(", "),
             port = cfg.media_port,

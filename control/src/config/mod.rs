@@ -84,6 +84,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Media addresses, ports and workers.
     pub media: MediaConfig,
+    /// The XDP ingress filter in front of the media ports.
+    pub xdp: XdpConfig,
     /// Join tokens.
     pub tokens: TokenConfig,
     /// The overload ladder.
@@ -256,6 +258,42 @@ impl Default for AuditConfig {
     }
 }
 
+/// What the XDP ingress filter does with a class of packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Disposition {
+    /// Dropped in the driver and counted.
+    Drop,
+    /// Passed up to the kernel's stack (the worker's socket) and counted.
+    Pass,
+}
+
+/// `[xdp]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct XdpConfig {
+    /// Interfaces the media arrives on; empty: no XDP filter.
+    pub interfaces: Vec<String>,
+    /// RTP/RTCP to a media port from a sender that is no leg's.
+    pub unknown_senders: Disposition,
+    /// Frames to a media port whose headers lie or are cut short.
+    pub malformed: Disposition,
+    /// Refuse to start where the driver has no native XDP (instead of
+    /// running in generic mode with a warning).
+    pub require_driver_mode: bool,
+}
+
+impl Default for XdpConfig {
+    fn default() -> Self {
+        Self {
+            interfaces: Vec::new(),
+            unknown_senders: Disposition::Drop,
+            malformed: Disposition::Drop,
+            require_driver_mode: false,
+        }
+    }
+}
+
 /// `[drain]`
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -372,6 +410,29 @@ impl Config {
                 ),
             ));
         }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, name) in self.xdp.interfaces.iter().enumerate() {
+            // IFNAMSIZ is 16 with the terminating NUL.
+            if name.is_empty()
+                || name.len() > 15
+                || name
+                    .bytes()
+                    .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+            {
+                return Err(ConfigError::InvalidAt {
+                    key: format!("xdp.interfaces[{i}]"),
+                    reason: format!(
+                        "{name:?} is not an interface name (1-15 bytes, no '/', ':' or spaces)"
+                    ),
+                });
+            }
+            if !seen.insert(name) {
+                return Err(ConfigError::InvalidAt {
+                    key: format!("xdp.interfaces[{i}]"),
+                    reason: format!("{name:?} is listed twice"),
+                });
+            }
+        }
         if self.tokens.lifetime_secs == 0 || self.tokens.lifetime_secs > 7 * 24 * 3600 {
             return Err(invalid(
                 "tokens.lifetime_secs",
@@ -414,6 +475,9 @@ impl Config {
         }
         if self.media != new.media {
             out.push("media");
+        }
+        if self.xdp != new.xdp {
+            out.push("xdp");
         }
         if self.tokens.signing_key_file != new.tokens.signing_key_file {
             out.push("tokens.signing_key_file");
@@ -531,6 +595,48 @@ mod tests {
 
     fn err(text: &str) -> ConfigError {
         Config::parse(text).expect_err("config must be rejected")
+    }
+
+    #[test]
+    fn xdp_interfaces_are_checked_one_by_one() {
+        let c = Config::parse(
+            "[xdp]
+interfaces = [\"eth0\", \"ens1f0\"]
+unknown_senders = \"pass\"
+",
+        )
+        .unwrap();
+        assert_eq!(c.xdp.interfaces, ["eth0", "ens1f0"]);
+        assert_eq!(c.xdp.unknown_senders, Disposition::Pass);
+        assert_eq!(c.xdp.malformed, Disposition::Drop);
+        for (text, key, reason) in [
+            (
+                "[xdp]\ninterfaces = [\"eth0\", \"\"]\n",
+                "xdp.interfaces[1]",
+                "not an interface",
+            ),
+            (
+                "[xdp]\ninterfaces = [\"a-very-long-interface\"]\n",
+                "xdp.interfaces[0]",
+                "1-15 bytes",
+            ),
+            (
+                "[xdp]\ninterfaces = [\"eth 0\"]\n",
+                "xdp.interfaces[0]",
+                "no '/'",
+            ),
+            (
+                "[xdp]\ninterfaces = [\"eth0\", \"eth0\"]\n",
+                "xdp.interfaces[1]",
+                "twice",
+            ),
+        ] {
+            let e = err(text);
+            assert_eq!(e.key(), key, "{text}");
+            assert!(e.to_string().contains(reason), "{e}");
+        }
+        let e = err("[xdp]\nunknown_senders = \"ignore\"\n");
+        assert_eq!(e.key(), "xdp.unknown_senders");
     }
 
     #[test]

@@ -9,9 +9,14 @@
 //! 2. relay leg: the embedded XDP program run by the kernel on the publisher's
 //!    SRTP packets (`BPF_PROG_TEST_RUN`), rewriting them towards a receiver,
 //!    then a room cap from the overload policy applied mid-way.
+//! 3. live consult: the appliance itself on loopback (HTTP API, SFU
+//!    workers), a patient and a clinician publishing over WHIP and
+//!    subscribing to each other over WHEP with ICE and DTLS-SRTP, media both
+//!    ways, verified by each side with its own keys (see [`live`]).
 
 mod config;
 mod consult;
+mod live;
 mod relay;
 
 use std::path::PathBuf;
@@ -49,14 +54,16 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let cpu = hardware::CpuProfile::detect().ok();
     let sfu = consult::run(&config)?;
     let relay = relay::run(&config, &sfu.publisher_key)?;
+    let live = live::run().context("the live consult through the appliance")?;
     if args.json {
         let report = serde_json::json!({
             "cpu": cpu,
             "sfu": sfu.report,
             "relay": relay,
+            "live_consult": live,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
+        return live::check(&live);
     }
     println!(
         "switchboard demo ({} configuration)",
@@ -83,7 +90,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     consult::print(&config, &sfu.report);
     println!();
     relay::print(&relay);
-    Ok(())
+    println!();
+    live::print(&live);
+    live::check(&live)
 }
 
 fn yes_no(b: bool) -> &'static str {

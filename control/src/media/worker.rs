@@ -20,6 +20,11 @@
 //! The transport threads also run the sessions' timers (DTLS
 //! retransmission, ICE consent) and, once a second, turn the workers'
 //! counters into the rates [`MediaPlane::stats`] reports.
+//!
+//! With an [`IngressFilter`] (`[xdp]`), every leg that carries media is a
+//! flow of the XDP program, its publications are streams with their room
+//! and layer, and room caps are written to the program's cap map as well as
+//! to the workers (see [`super::ingress`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -37,6 +42,7 @@ use dataplane::sfu::{
 use dataplane::wire::stun::Message;
 use dataplane::worker::{Engine, EngineSnapshot, Punted, Worker, WorkerConfig, WorkerError};
 
+use super::ingress::{IngressError, IngressFilter};
 use super::{LegId, LegSetup, LegTransport, MediaError, MediaPlane, MediaStats, RoomCap};
 use crate::config;
 use crate::dtls::DtlsIdentity;
@@ -68,6 +74,9 @@ pub enum StartError {
     /// A worker's punted datagrams were already taken.
     #[error("the punted datagrams of the worker on port {0} are already read elsewhere")]
     PuntTaken(u16),
+    /// The XDP ingress filter did not start.
+    #[error(transparent)]
+    Ingress(#[from] IngressError),
 }
 
 /// How many workers `media` asks for (the same count the API uses to
@@ -165,6 +174,9 @@ struct Inner {
     state: Mutex<PlaneState>,
     rates: Vec<Rates>,
     stop: AtomicBool,
+    ingress: Option<IngressFilter>,
+    /// Last XDP counters turned into metrics.
+    xdp_seen: Mutex<switchboard_common::Counters>,
 }
 
 /// The media plane over real workers. See the [module documentation](self).
@@ -221,6 +233,16 @@ impl WorkerMediaPlane {
         identity: DtlsIdentity,
         metrics: ControlMetrics,
     ) -> Result<Self, StartError> {
+        Self::start_with_ingress(media, identity, metrics, None)
+    }
+
+    /// [`start`](Self::start) behind the XDP ingress filter `ingress`.
+    pub fn start_with_ingress(
+        media: &config::MediaConfig,
+        identity: DtlsIdentity,
+        metrics: ControlMetrics,
+        ingress: Option<IngressFilter>,
+    ) -> Result<Self, StartError> {
         let count = worker_count(media);
         let pin = media.workers == 0;
         let engine = match media.engine {
@@ -263,6 +285,8 @@ impl WorkerMediaPlane {
             failures: Failures::new(metrics),
             state: Mutex::default(),
             stop: AtomicBool::new(false),
+            ingress,
+            xdp_seen: Mutex::default(),
         });
         let plane = Self {
             inner: inner.clone(),
@@ -368,6 +392,9 @@ impl MediaPlane for WorkerMediaPlane {
                 self.inner
                     .command(l.worker, Command::RemoveLeg(core_id(leg)))?;
             }
+            if let Some(ingress) = &self.inner.ingress {
+                ingress.leg_down(leg);
+            }
             l.worker
         };
         lock(&self.inner.sessions[worker]).remove(leg);
@@ -406,6 +433,9 @@ impl MediaPlane for WorkerMediaPlane {
         let worker = self.worker_of(room);
         let mut st = lock(&self.inner.state);
         let changed = st.caps.insert(room, cap.selector) != Some(cap.selector);
+        if let Some(ingress) = &self.inner.ingress {
+            ingress.set_room_cap(room, cap.xdp).map_err(other)?;
+        }
         let held = st.legs.values().any(|l| l.in_core && l.setup.room == room);
         if changed && held {
             self.inner.command(
@@ -636,6 +666,15 @@ impl Inner {
         if let Some(cap) = st.caps.get(&room).copied() {
             self.command(w, Command::SetRoomCap(RoomId(u64::from(room)), cap))?;
         }
+        if let Some(ingress) = &self.ingress {
+            let published = self.published(w, leg);
+            let port = self.workers[w].local_addr().port();
+            if let Err(e) = ingress.leg_up(leg, room, t.remote, port, &published) {
+                // The worker still takes the leg's packets if the filter
+                // passes them; with unknown senders dropped it does not.
+                tracing::error!(leg, error = %e, "registering the leg with the XDP filter failed");
+            }
+        }
         tracing::info!(leg, remote = %t.remote, "leg carries media");
         Ok(())
     }
@@ -683,6 +722,9 @@ impl Inner {
             return;
         };
         l.dead = true;
+        if let Some(ingress) = &self.ingress {
+            ingress.leg_down(leg);
+        }
         let (w, in_core) = (l.worker, l.in_core);
         l.in_core = false;
         l.transport = None;
@@ -868,7 +910,51 @@ impl Inner {
                 .forwarded
                 .store(s.counters.rtp_sent, Ordering::Relaxed);
         }
+        if let Some(ingress) = &self.ingress {
+            self.sync_ingress(w, ingress);
+        }
         *last = (now, c);
+    }
+
+    /// The streams publish leg `leg` sends whose SSRC worker `w` knows.
+    fn published(&self, w: usize, leg: LegId) -> Vec<dataplane::sfu::InStreamStats> {
+        match self.workers[w]
+            .submit(Command::LegStats(core_id(leg)))
+            .and_then(|p| p.wait(COMMAND_WAIT))
+        {
+            Ok(Reply::Leg(stats)) => stats.published,
+            _ => Vec::new(),
+        }
+    }
+
+    /// Registers the SSRCs worker `w`'s publishers revealed since the last
+    /// sample (RID simulcast) and turns the program's counters into metrics.
+    fn sync_ingress(&self, w: usize, ingress: &IngressFilter) {
+        let publishers: Vec<LegId> = lock(&self.state)
+            .legs
+            .iter()
+            .filter(|(_, l)| {
+                l.worker == w && l.in_core && l.setup.negotiated.direction == LegDirection::Publish
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for leg in publishers {
+            let published = self.published(w, leg);
+            if let Err(e) = ingress.learn_streams(leg, &published) {
+                tracing::warn!(leg, error = %e, "registering streams with the XDP filter failed");
+            }
+        }
+        // Worker 0's thread speaks for the program, which all workers share.
+        if w == 0 {
+            match ingress.counters() {
+                Ok(now) => {
+                    let mut seen = lock(&self.xdp_seen);
+                    xdp_metrics(&self.failures.metrics, &now, &seen);
+                    *seen = now;
+                }
+                Err(e) => tracing::warn!(error = %e, "reading the XDP counters failed"),
+            }
+        }
     }
 
     fn transport_loop(&self, w: usize, rx: &mpsc::Receiver<Punted>) {
@@ -907,4 +993,47 @@ fn stun_ufrag(datagram: &[u8]) -> Option<String> {
     let msg = Message::new_checked(datagram).ok()?;
     let ours = msg.username()?.split(|b| *b == b':').next()?;
     std::str::from_utf8(ours).ok().map(str::to_owned)
+}
+
+/// Adds the XDP program's counters since `was` to the metrics.
+fn xdp_metrics(
+    metrics: &ControlMetrics,
+    now: &switchboard_common::Counters,
+    was: &switchboard_common::Counters,
+) {
+    let packets = |outcome: &str, n: u64, w: u64| {
+        metrics
+            .registry
+            .counter(
+                "switchboard_xdp_packets_total",
+                "Packets the XDP ingress filter handled, by outcome",
+                &[("outcome", outcome)],
+            )
+            .add(n.saturating_sub(w));
+    };
+    packets("received", now.received, was.received);
+    packets("to_worker", now.to_userspace, was.to_userspace);
+    packets("stun", now.stun, was.stun);
+    packets("dtls", now.dtls, was.dtls);
+    packets("not_ours", now.not_ours, was.not_ours);
+    packets("unknown_passed", now.unknown_passed, was.unknown_passed);
+    packets(
+        "malformed_passed",
+        now.malformed_passed,
+        was.malformed_passed,
+    );
+    let dropped = |reason: &str, n: u64, w: u64| {
+        metrics
+            .registry
+            .counter(
+                "switchboard_xdp_dropped_total",
+                "Packets the XDP ingress filter dropped, by reason",
+                &[("reason", reason)],
+            )
+            .add(n.saturating_sub(w));
+    };
+    dropped("unknown_flow", now.drop_unknown_flow, was.drop_unknown_flow);
+    dropped("layer_cap", now.drop_layer_cap, was.drop_layer_cap);
+    dropped("malformed", now.drop_malformed, was.drop_malformed);
+    dropped("ttl", now.drop_ttl, was.drop_ttl);
 }

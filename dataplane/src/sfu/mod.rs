@@ -93,7 +93,9 @@ pub use command::{
     SubscribeSpec, VideoCodec,
 };
 pub use queue::{Transmit, TransmitQueue, TRANSMIT_BUF_LEN};
-pub use stats::{Counters, DropReason, LegStats, MediaKind, OutStreamStats, SfuStats};
+pub use stats::{
+    Counters, DropReason, InStreamStats, LegStats, MediaKind, OutStreamStats, SfuStats,
+};
 
 /// A leg's id, chosen by the control plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -1585,12 +1587,27 @@ impl Sfu {
                 target_layer: out.rewriter.target_layer(),
             })
             .collect();
+        let audio = leg.audio.iter().map(|a| InStreamStats {
+            ssrc: a.ssrc,
+            kind: MediaKind::Audio,
+            layer: 0,
+        });
+        let video = leg.video.iter().flat_map(|v| {
+            v.layers.iter().enumerate().filter_map(|(i, l)| {
+                Some(InStreamStats {
+                    ssrc: l.ssrc?,
+                    kind: MediaKind::Video,
+                    layer: u8::try_from(i).ok()?,
+                })
+            })
+        });
         Ok(LegStats {
             leg: leg.id,
             room: leg.room,
             counters: leg.counters.clone(),
             estimate_bps,
             out_streams,
+            published: audio.chain(video).collect(),
         })
     }
 

@@ -182,6 +182,18 @@ pub struct OutStreamStats {
     pub target_layer: Option<u8>,
 }
 
+/// One stream a publishing leg sends, as the core identified it: from the
+/// offer's SSRCs, or learned from the RID of its first packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InStreamStats {
+    /// The publisher's SSRC.
+    pub ssrc: u32,
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// Simulcast layer, 0 = lowest (0 for audio).
+    pub layer: u8,
+}
+
 /// Everything known about one leg.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LegStats {
@@ -195,6 +207,8 @@ pub struct LegStats {
     pub estimate_bps: Option<u64>,
     /// Its outgoing streams (as a subscriber).
     pub out_streams: Vec<OutStreamStats>,
+    /// The streams it publishes whose SSRC is known.
+    pub published: Vec<InStreamStats>,
 }
 
 /// Totals of the core.

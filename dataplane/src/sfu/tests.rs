@@ -313,6 +313,25 @@ fn simulcast_follows_the_remb_estimate_switching_at_key_frames() {
     assert!(room.leg(0).counters.keyframe_requests_sent >= 2);
     assert!(room.peers[0].report().keyframe_requests >= 2);
     assert!(room.sfu.stats().layer_switches >= 2);
+    // The publisher's streams, as the XDP ingress filter registers them.
+    let mut published = room.leg(0).published;
+    published.sort_by_key(|s| (s.kind == MediaKind::Video, s.layer));
+    let shape: Vec<(MediaKind, u8)> = published.iter().map(|s| (s.kind, s.layer)).collect();
+    assert_eq!(
+        shape,
+        [
+            (MediaKind::Audio, 0),
+            (MediaKind::Video, 0),
+            (MediaKind::Video, 1),
+            (MediaKind::Video, 2)
+        ]
+    );
+    // The subscriber publishes audio only.
+    assert!(room
+        .leg(1)
+        .published
+        .iter()
+        .all(|s| s.kind == MediaKind::Audio));
 }
 
 fn lossy_room(rtx: bool) -> Room {
