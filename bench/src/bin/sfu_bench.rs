@@ -181,6 +181,11 @@ struct Step {
     steal_ms_generator_core: u64,
     steal_ms_forwarder_core: u64,
     load_average: Option<f64>,
+    /// CPU the forwarder used over the measured window, as a fraction of
+    /// the window: its thread's run time (scheduler statistics, ns) plus the
+    /// softirq time of its core (the kernel's network work there). Other
+    /// processes on the machine do not count.
+    forwarder_core_busy: Option<f64>,
 }
 
 /// Receive-backlog drops per CPU (`/proc/net/softnet_stat`, second column).
@@ -217,6 +222,31 @@ fn steal_ms() -> Vec<u64> {
                 / hz
         })
         .collect()
+}
+
+/// CPU time (ns) the forwarder has used so far: the run time of its
+/// threads (`sfu-*` workers, the plain forwarder) from their scheduler
+/// statistics, plus the softirq time of `cpu` (where the kernel's network
+/// work for its sockets lands).
+fn forwarder_cpu_ns(cpu: usize) -> Option<u64> {
+    let mut threads = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let comm = comm.trim_end();
+        if comm.starts_with("sfu-") || comm == "plain-forwarder" {
+            let stat = std::fs::read_to_string(path.join("schedstat")).ok()?;
+            threads += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+    }
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(&format!("cpu{cpu}")))?;
+    let softirq_jiffies: u64 = line.split_whitespace().nth(7)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(threads + softirq_jiffies * 1_000_000_000 / hz)
 }
 
 /// The system's one-minute load average.
@@ -444,11 +474,16 @@ fn run_step(
             .map(|t0| {
                 std::thread::sleep((t0 + timing.warmup).saturating_duration_since(Instant::now()));
                 let a = running.counts();
+                let (cpu_a, at_a) = (forwarder_cpu_ns(FORWARDER_CORE), Instant::now());
                 std::thread::sleep(
                     (t0 + timing.warmup + timing.window).saturating_duration_since(Instant::now()),
                 );
                 let b = running.counts();
-                (b.0 - a.0, b.1 - a.1)
+                let (cpu_b, at_b) = (forwarder_cpu_ns(FORWARDER_CORE), Instant::now());
+                let busy = cpu_a.zip(cpu_b).map(|(x, y)| {
+                    y.saturating_sub(x) as f64 / (at_b - at_a).as_nanos().max(1) as f64
+                });
+                ((b.0 - a.0, b.1 - a.1), busy)
             });
         let measured = generator
             .join()
@@ -458,7 +493,8 @@ fn run_step(
     let backlog_after = backlog_drops();
     let steal_after = steal_ms();
     let window_s = timing.window.as_secs_f64();
-    let (rx, tx) = window_counts.unwrap_or((0, 0));
+    let forwarder_core_busy = window_counts.and_then(|(_, busy)| busy);
+    let (rx, tx) = window_counts.map_or((0, 0), |(counts, _)| counts);
     let mut forwarder = json!({
         "rx_pps": rx as f64 / window_s,
         "tx_pps": tx as f64 / window_s,
@@ -511,6 +547,7 @@ fn run_step(
         steal_ms_generator_core: drops_on(&steal_before, &steal_after, GENERATOR_CORE),
         steal_ms_forwarder_core: drops_on(&steal_before, &steal_after, FORWARDER_CORE),
         load_average: load_average(),
+        forwarder_core_busy,
     })
 }
 
@@ -616,6 +653,16 @@ impl SearchResult {
             .find(|s| s.load == load && s.verdict == Verdict::Clean)
     }
 
+    /// The best clean step scaled to a whole forwarder core: `(load, egress
+    /// pps)` ÷ the CPU fraction the forwarder used, and that fraction. A
+    /// projection from the CPU the step used, not a saturation measurement;
+    /// `None` below 2 %, where the softirq sampling resolution dominates.
+    fn per_core(&self) -> Option<(f64, f64, f64)> {
+        let best = self.best()?;
+        let busy = best.forwarder_core_busy.filter(|b| *b >= 0.02)?;
+        Some((best.load as f64 / busy, best.egress_pps / busy, busy))
+    }
+
     fn figure(&self, unit: &str) -> String {
         match (self.outcome.clean, self.outcome.bound) {
             (None, _) => "none clean".into(),
@@ -637,6 +684,12 @@ impl SearchResult {
             "max_clean_ingress_pps": best.map(|s| s.ingress_pps),
             "p50_us": best.and_then(|s| s.p50_us),
             "p99_us": best.and_then(|s| s.p99_us),
+            "cpu_normalized": self.per_core().map(|(load, pps, busy)| json!({
+                "forwarder_core_busy": busy,
+                "load_per_core": load,
+                "egress_pps_per_core": pps,
+                "reading": "projection: the largest clean step's load and egress divided by the CPU fraction the forwarder used (its thread's run time plus its core's softirq time)",
+            })),
             "steps": self.steps,
         })
     }
@@ -693,6 +746,18 @@ fn ratio(a: &SearchResult, b: &SearchResult) -> Value {
         (true, true) => "undetermined",
     };
     json!({ "value": value, "reading": reading })
+}
+
+/// a ÷ b of egress pps per busy forwarder core, each from its largest clean
+/// step: how much CPU each spends per forwarded packet, at loads both
+/// handled.
+fn cpu_ratio(a: &SearchResult, b: &SearchResult) -> Value {
+    match (a.per_core(), b.per_core()) {
+        (Some((_, x, _)), Some((_, y, _))) => {
+            json!({ "value": x / y.max(1e-9), "reading": "cpu_normalized" })
+        }
+        _ => json!({ "value": null, "reading": "no clean step with a measurable busy fraction" }),
+    }
 }
 
 /// Whether `ratio` (as from [`ratio`]) meets `goal`: true, false or null
@@ -852,6 +917,17 @@ fn main() -> Result<()> {
                 us(best.and_then(|s| s.p99_us)),
                 r.steps.len(),
             ));
+            if let Some((load, pps, busy)) = r.per_core() {
+                table.push(format!(
+                    "| {:<9} | {:<15} | per core: forwarder used {:.0}% of a core at its largest clean load -> {:.0} {} / {:.0} egress pps per core (projection) |",
+                    profile.name,
+                    target.name(),
+                    busy * 100.0,
+                    load,
+                    profile.unit,
+                    pps,
+                ));
+            }
         }
         let uring = get(Target::Sfu(Engine::IoUring));
         let mut ratios = serde_json::Map::new();
@@ -860,6 +936,13 @@ fn main() -> Result<()> {
         }
         if let (Some(u), Some(t)) = (uring, get(Target::Sfu(Engine::Tokio))) {
             ratios.insert("io_uring_over_tokio".into(), ratio(u, t));
+            ratios.insert("io_uring_over_tokio_cpu_normalized".into(), cpu_ratio(u, t));
+        }
+        if let (Some(u), Some(p)) = (uring, get(Target::Plain)) {
+            ratios.insert(
+                "io_uring_over_plain_forwarder_cpu_normalized".into(),
+                cpu_ratio(u, p),
+            );
         }
         for (name, r) in &ratios {
             table.push(format!(
@@ -890,6 +973,7 @@ fn main() -> Result<()> {
                         (_, false) => json!(false),
                         _ => Value::Null,
                     },
+                    "cpu_normalized_projection": u.per_core().map(|(load, _, _)| load),
                 })
             });
             section["goals"] = json!({
