@@ -431,6 +431,77 @@ impl Answer {
     }
 }
 
+/// The synthetic camera and microphone's clock: an Opus packet every 20 ms
+/// and a video frame at 30 fps, from when the pacer was made.
+#[derive(Debug, Clone)]
+pub struct MediaPacer {
+    start: Instant,
+    next_audio: Duration,
+    next_video: Duration,
+}
+
+impl Default for MediaPacer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MediaPacer {
+    /// Audio and video both due now.
+    pub fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            next_audio: Duration::ZERO,
+            next_video: Duration::ZERO,
+        }
+    }
+
+    /// Time since the pacer was made.
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// Sends from `tx` over `socket` to `to` what is due now; returns the
+    /// media packets sent.
+    pub fn send_due(
+        &mut self,
+        tx: &mut Peer,
+        socket: &UdpSocket,
+        to: SocketAddr,
+    ) -> Result<usize, ParticipantError> {
+        let t = self.start.elapsed();
+        let us = u64::try_from(t.as_micros()).unwrap_or(u64::MAX);
+        let mut sent = 0;
+        let mut buf = [0u8; 1500];
+        if t >= self.next_audio {
+            let len = tx
+                .audio_packet(us, &mut buf)
+                .map_err(|e| ParticipantError::Srtp(e.to_string()))?;
+            socket
+                .send_to(&buf[..len], to)
+                .map_err(io("sending audio"))?;
+            sent += 1;
+            self.next_audio += Duration::from_millis(20);
+        }
+        if t >= self.next_video {
+            let mut failed = None;
+            tx.video_frame(us, |_, bytes| match socket.send_to(bytes, to) {
+                Ok(_) => sent += 1,
+                Err(e) => failed = Some(e),
+            })
+            .map_err(|e| ParticipantError::Srtp(e.to_string()))?;
+            if let Some(e) = failed {
+                return Err(ParticipantError::Io {
+                    what: "sending video",
+                    source: e,
+                });
+            }
+            self.next_video += Duration::from_micros(33_333);
+        }
+        Ok(sent)
+    }
+}
+
 /// Reads everything waiting on the (non-blocking) `socket` into `peer`;
 /// returns how many media packets decrypted.
 pub fn drain(socket: &UdpSocket, peer: &mut Peer) -> usize {

@@ -17,7 +17,9 @@ use dataplane::wire::stun::{Class, MessageBuilder, BINDING_REQUEST};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use switchboard_control::config::Config;
-use switchboard_control::participant::{drain, Answer, Participant, PublishSsrcs, PT_OPUS};
+use switchboard_control::participant::{
+    drain, Answer, MediaPacer, Participant, PublishSsrcs, PT_OPUS,
+};
 use switchboard_control::server::{build_state_over_workers, Server};
 
 const ADMIN: &str = "admin-token-0123456789";
@@ -239,44 +241,25 @@ async fn loopback(engine: &str) {
         for c in [&publisher, &subscriber] {
             c.socket.set_nonblocking(true).unwrap();
         }
-        // Media for at most three seconds: 20 ms audio, 30 fps video.
-        let start = Instant::now();
+        // Media for at most three seconds, and two after the first packet
+        // arrived: 20 ms audio, 30 fps video.
+        let mut pacer = MediaPacer::new();
         let mut first_packet = None;
-        let mut next_audio = Duration::ZERO;
-        let mut next_video = Duration::ZERO;
-        let mut buf = [0u8; 1500];
+        let mut first_at = None;
         let mut received = 0usize;
-        let mut sent_after_first = 0usize;
-        while start.elapsed() < Duration::from_secs(3) && sent_after_first < 100 {
-            let t = start.elapsed();
-            let us = t.as_micros() as u64;
-            if t >= next_audio {
-                let len = tx.audio_packet(us, &mut buf).unwrap();
-                publisher
-                    .socket
-                    .send_to(&buf[..len], pub_answer.candidate)
-                    .unwrap();
-                next_audio += Duration::from_millis(20);
-                if first_packet.is_some() {
-                    sent_after_first += 1;
-                }
-            }
-            if t >= next_video {
-                tx.video_frame(us, |_, bytes| {
-                    publisher
-                        .socket
-                        .send_to(bytes, pub_answer.candidate)
-                        .unwrap();
-                })
+        while pacer.elapsed() < Duration::from_secs(3)
+            && first_at.is_none_or(|t: Instant| t.elapsed() < Duration::from_secs(2))
+        {
+            pacer
+                .send_due(&mut tx, &publisher.socket, pub_answer.candidate)
                 .unwrap();
-                next_video += Duration::from_micros(33_333);
-            }
             std::thread::sleep(Duration::from_millis(1));
             // The publisher hears PLIs and reports; the subscriber media.
             drain(&publisher.socket, &mut tx);
             received += drain(&subscriber.socket, &mut rx);
             if received > 0 && first_packet.is_none() {
                 first_packet = Some(answered.elapsed());
+                first_at = Some(Instant::now());
             }
         }
         // What is still in flight.
@@ -444,32 +427,13 @@ async fn pump(pairs: Vec<ConnectedPair>, secs: f64) -> (Vec<ConnectedPair>, Vec<
             (get(p.audio_ssrc), get(p.video_ssrc))
         };
         let before: Vec<(u64, u64)> = pairs.iter().map(count).collect();
-        let start = Instant::now();
         let period = Duration::from_secs_f64(secs);
-        let mut next_audio = Duration::ZERO;
-        let mut next_video = Duration::ZERO;
-        let mut buf = [0u8; 1500];
-        while start.elapsed() < period {
-            let t = start.elapsed();
-            let us = t.as_micros() as u64;
-            for p in &mut pairs {
-                if t >= next_audio {
-                    let len = p.tx.audio_packet(us, &mut buf).unwrap();
-                    p.publisher.socket.send_to(&buf[..len], p.to).unwrap();
-                }
-                if t >= next_video {
-                    let (socket, to) = (&p.publisher.socket, p.to);
-                    p.tx.video_frame(us, |_, bytes| {
-                        socket.send_to(bytes, to).unwrap();
-                    })
+        let mut pacers: Vec<MediaPacer> = pairs.iter().map(|_| MediaPacer::new()).collect();
+        while pacers[0].elapsed() < period {
+            for (p, pacer) in pairs.iter_mut().zip(&mut pacers) {
+                pacer
+                    .send_due(&mut p.tx, &p.publisher.socket, p.to)
                     .unwrap();
-                }
-            }
-            if t >= next_audio {
-                next_audio += Duration::from_millis(20);
-            }
-            if t >= next_video {
-                next_video += Duration::from_micros(33_333);
             }
             std::thread::sleep(Duration::from_millis(1));
             for p in &mut pairs {

@@ -20,7 +20,7 @@ use dataplane::sfu::MediaKind;
 use e2e::appliance::{Appliance, ApplianceConfig};
 use e2e::http::Request;
 use e2e::{privileged_or_skip, Lab};
-use switchboard_control::participant::{drain, Answer, Participant, PublishSsrcs};
+use switchboard_control::participant::{drain, Answer, MediaPacer, Participant, PublishSsrcs};
 
 const MEDIA_PORT: u16 = 40000;
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -85,26 +85,11 @@ impl Call {
             (audio, video)
         };
         let before = count(&self.rx);
-        let start = Instant::now();
-        let (mut next_audio, mut next_video) = (Duration::ZERO, Duration::ZERO);
-        let mut buf = [0u8; 1500];
-        while start.elapsed() < Duration::from_secs_f64(secs) {
-            let t = start.elapsed();
-            let us = t.as_micros() as u64;
-            if t >= next_audio {
-                let len = self.tx.audio_packet(us, &mut buf).unwrap();
-                self.publisher.socket.send_to(&buf[..len], self.to).unwrap();
-                next_audio += Duration::from_millis(20);
-            }
-            if t >= next_video {
-                let (socket, to) = (&self.publisher.socket, self.to);
-                self.tx
-                    .video_frame(us, |_, bytes| {
-                        socket.send_to(bytes, to).unwrap();
-                    })
-                    .unwrap();
-                next_video += Duration::from_micros(33_333);
-            }
+        let mut pacer = MediaPacer::new();
+        while pacer.elapsed() < Duration::from_secs_f64(secs) {
+            pacer
+                .send_due(&mut self.tx, &self.publisher.socket, self.to)
+                .unwrap();
             std::thread::sleep(Duration::from_millis(1));
             drain(&self.publisher.socket, &mut self.tx);
             drain(&self.subscriber.socket, &mut self.rx);

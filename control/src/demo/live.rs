@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use switchboard_control::config::{Config, DEFAULT_TOML};
-use switchboard_control::participant::{drain, Answer, Participant, PublishSsrcs};
+use switchboard_control::participant::{drain, Answer, MediaPacer, Participant, PublishSsrcs};
 use switchboard_control::server::{build_state_over_workers, Server};
 
 /// How long media flows.
@@ -250,38 +250,12 @@ fn connect_side(side: Side) -> Result<(ConnectedSide, Duration)> {
 
 /// Audio every 20 ms and 30 fps video from both sides for [`MEDIA_SECS`].
 fn exchange_media(sides: &mut [ConnectedSide]) -> Result<()> {
-    let start = Instant::now();
-    let period = Duration::from_secs(MEDIA_SECS);
-    let mut next_audio = Duration::ZERO;
-    let mut next_video = Duration::ZERO;
-    let mut buf = [0u8; 1500];
-    while start.elapsed() < period {
-        let t = start.elapsed();
-        let us = u64::try_from(t.as_micros()).unwrap_or(u64::MAX);
-        for side in sides.iter_mut() {
-            if t >= next_audio {
-                let len = side.tx.audio_packet(us, &mut buf)?;
-                side.publisher.socket.send_to(&buf[..len], side.to)?;
+    let mut pacers: Vec<MediaPacer> = sides.iter().map(|_| MediaPacer::new()).collect();
+    while pacers[0].elapsed() < Duration::from_secs(MEDIA_SECS) {
+        for (side, pacer) in sides.iter_mut().zip(&mut pacers) {
+            if pacer.send_due(&mut side.tx, &side.publisher.socket, side.to)? > 0 {
                 side.first_sent.get_or_insert_with(Instant::now);
             }
-            if t >= next_video {
-                let (socket, to) = (&side.publisher.socket, side.to);
-                let mut failed = None;
-                side.tx.video_frame(us, |_, bytes| {
-                    if let Err(e) = socket.send_to(bytes, to) {
-                        failed = Some(e);
-                    }
-                })?;
-                if let Some(e) = failed {
-                    return Err(e.into());
-                }
-            }
-        }
-        if t >= next_audio {
-            next_audio += Duration::from_millis(20);
-        }
-        if t >= next_video {
-            next_video += Duration::from_micros(33_333);
         }
         std::thread::sleep(Duration::from_millis(1));
         for side in sides.iter_mut() {

@@ -1001,39 +1001,44 @@ fn xdp_metrics(
     now: &switchboard_common::Counters,
     was: &switchboard_common::Counters,
 ) {
-    let packets = |outcome: &str, n: u64, w: u64| {
-        metrics
-            .registry
-            .counter(
-                "switchboard_xdp_packets_total",
-                "Packets the XDP ingress filter handled, by outcome",
-                &[("outcome", outcome)],
-            )
-            .add(n.saturating_sub(w));
-    };
-    packets("received", now.received, was.received);
-    packets("to_worker", now.to_userspace, was.to_userspace);
-    packets("stun", now.stun, was.stun);
-    packets("dtls", now.dtls, was.dtls);
-    packets("not_ours", now.not_ours, was.not_ours);
-    packets("unknown_passed", now.unknown_passed, was.unknown_passed);
-    packets(
-        "malformed_passed",
-        now.malformed_passed,
-        was.malformed_passed,
-    );
-    let dropped = |reason: &str, n: u64, w: u64| {
-        metrics
-            .registry
-            .counter(
-                "switchboard_xdp_dropped_total",
-                "Packets the XDP ingress filter dropped, by reason",
-                &[("reason", reason)],
-            )
-            .add(n.saturating_sub(w));
-    };
-    dropped("unknown_flow", now.drop_unknown_flow, was.drop_unknown_flow);
-    dropped("layer_cap", now.drop_layer_cap, was.drop_layer_cap);
-    dropped("malformed", now.drop_malformed, was.drop_malformed);
-    dropped("ttl", now.drop_ttl, was.drop_ttl);
+    let packets = [
+        ("received", now.received, was.received),
+        ("to_worker", now.to_userspace, was.to_userspace),
+        ("stun", now.stun, was.stun),
+        ("dtls", now.dtls, was.dtls),
+        ("not_ours", now.not_ours, was.not_ours),
+        ("unknown_passed", now.unknown_passed, was.unknown_passed),
+        (
+            "malformed_passed",
+            now.malformed_passed,
+            was.malformed_passed,
+        ),
+    ];
+    let dropped = [
+        ("unknown_flow", now.drop_unknown_flow, was.drop_unknown_flow),
+        ("layer_cap", now.drop_layer_cap, was.drop_layer_cap),
+        ("malformed", now.drop_malformed, was.drop_malformed),
+        ("ttl", now.drop_ttl, was.drop_ttl),
+    ];
+    for (name, help, label, series) in [
+        (
+            "switchboard_xdp_packets_total",
+            "Packets the XDP ingress filter handled, by outcome",
+            "outcome",
+            &packets[..],
+        ),
+        (
+            "switchboard_xdp_dropped_total",
+            "Packets the XDP ingress filter dropped, by reason",
+            "reason",
+            &dropped[..],
+        ),
+    ] {
+        for (value, n, w) in series {
+            metrics
+                .registry
+                .counter(name, help, &[(label, value)])
+                .add(n.saturating_sub(*w));
+        }
+    }
 }
