@@ -61,6 +61,7 @@ struct State {
     xdp: XdpIngress,
     legs: BTreeMap<u64, LegEntry>,
     caps: BTreeMap<u32, LayerCap>,
+    detached: bool,
 }
 
 /// The loaded, attached filter. See the [module documentation](self).
@@ -121,6 +122,7 @@ impl IngressFilter {
                 xdp: ingress,
                 legs: BTreeMap::new(),
                 caps: BTreeMap::new(),
+                detached: false,
             }),
             attached,
         }))
@@ -248,12 +250,26 @@ fn remove_entry(xdp: &mut XdpIngress, entry: &LegEntry) {
     }
 }
 
+impl IngressFilter {
+    /// Detaches the program from every interface (idempotent). The media
+    /// plane does this on shutdown, so a drained appliance leaves no program
+    /// behind even where the attachment would outlive the process (netlink
+    /// attachments on kernels without BPF links).
+    pub fn detach(&self) {
+        let mut st = self.lock();
+        if st.detached {
+            return;
+        }
+        st.detached = true;
+        match st.xdp.detach_all() {
+            Ok(()) => tracing::info!("XDP ingress filter detached"),
+            Err(e) => tracing::error!(error = %e, "detaching the XDP ingress filter failed"),
+        }
+    }
+}
+
 impl Drop for IngressFilter {
     fn drop(&mut self) {
-        if let Err(e) = self.lock().xdp.detach_all() {
-            tracing::error!(error = %e, "detaching the XDP ingress filter failed");
-        } else {
-            tracing::info!("XDP ingress filter detached");
-        }
+        self.detach();
     }
 }

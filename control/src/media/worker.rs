@@ -482,6 +482,9 @@ impl MediaPlane for WorkerMediaPlane {
         for w in &self.inner.workers {
             w.request_stop();
         }
+        if let Some(ingress) = &self.inner.ingress {
+            ingress.detach();
+        }
     }
 }
 
