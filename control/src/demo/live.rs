@@ -295,14 +295,27 @@ pub fn run() -> Result<LiveReport> {
 }
 
 async fn run_in(dir: &std::path::Path) -> Result<LiveReport> {
+    use switchboard_control::config::Engine;
     let admin = random_token();
     let config = demo_config(dir, &admin)?;
-    let engine = match config.media.engine {
-        switchboard_control::config::Engine::IoUring => "io_uring",
-        switchboard_control::config::Engine::Tokio => "tokio",
+    let (state, engine) = match build_state_over_workers(config.clone()) {
+        Ok(state) => (state, config.media.engine),
+        // A host that forbids io_uring (some container profiles) still
+        // shows the consult, on the baseline engine, and says so.
+        Err(e) if config.media.engine == Engine::IoUring => {
+            eprintln!("note: the io_uring media worker did not start ({e}); the live consult runs on the tokio engine");
+            let mut fallback = config;
+            fallback.media.engine = Engine::Tokio;
+            let state = build_state_over_workers(fallback).context("starting the SFU workers")?;
+            (state, Engine::Tokio)
+        }
+        Err(e) => return Err(e).context("starting the SFU workers"),
+    };
+    let engine = match engine {
+        Engine::IoUring => "io_uring",
+        Engine::Tokio => "tokio",
     }
     .to_owned();
-    let state = build_state_over_workers(config).context("starting the SFU workers")?;
     let server = Server::start(state.clone())
         .await
         .context("starting the HTTP API")?;
