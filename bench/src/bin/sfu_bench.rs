@@ -182,9 +182,8 @@ struct Step {
     steal_ms_forwarder_core: u64,
     load_average: Option<f64>,
     /// CPU the forwarder used over the measured window, as a fraction of
-    /// the window: its thread's run time (scheduler statistics, ns) plus the
-    /// softirq time of its core (the kernel's network work there). Other
-    /// processes on the machine do not count.
+    /// the window: its thread's run time and that of its core's `ksoftirqd`
+    /// (scheduler statistics, ns). Other processes do not count.
     forwarder_core_busy: Option<f64>,
 }
 
@@ -225,28 +224,46 @@ fn steal_ms() -> Vec<u64> {
 }
 
 /// CPU time (ns) the forwarder has used so far: the run time of its
-/// threads (`sfu-*` workers, the plain forwarder) from their scheduler
-/// statistics, plus the softirq time of `cpu` (where the kernel's network
-/// work for its sockets lands).
+/// threads (`sfu-*` workers, the plain forwarder) and of `ksoftirqd/<cpu>`
+/// from their scheduler statistics. Softirq work the kernel does in the
+/// forwarder's own context is already in its run time; what it defers to
+/// `ksoftirqd` on the forwarder's core is added, and nothing is counted
+/// twice.
 fn forwarder_cpu_ns(cpu: usize) -> Option<u64> {
-    let mut threads = 0u64;
+    let run_ns = |dir: &std::path::Path| -> Option<u64> {
+        std::fs::read_to_string(dir.join("schedstat"))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let comm = |dir: &std::path::Path| {
+        std::fs::read_to_string(dir.join("comm"))
+            .unwrap_or_default()
+            .trim_end()
+            .to_owned()
+    };
+    let mut total = 0u64;
     for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
-        let path = task.path();
-        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        let comm = comm.trim_end();
-        if comm.starts_with("sfu-") || comm == "plain-forwarder" {
-            let stat = std::fs::read_to_string(path.join("schedstat")).ok()?;
-            threads += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+        let name = comm(&task.path());
+        if name.starts_with("sfu-") || name == "plain-forwarder" {
+            total += run_ns(&task.path())?;
         }
     }
-    let text = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = text
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(&format!("cpu{cpu}")))?;
-    let softirq_jiffies: u64 = line.split_whitespace().nth(7)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Some(threads + softirq_jiffies * 1_000_000_000 / hz)
+    let softirqd = format!("ksoftirqd/{cpu}");
+    for proc in std::fs::read_dir("/proc").ok()?.flatten() {
+        let path = proc.path();
+        let is_pid = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+        if is_pid && comm(&path) == softirqd {
+            total += run_ns(&path).unwrap_or(0);
+            break;
+        }
+    }
+    Some(total)
 }
 
 /// The system's one-minute load average.
@@ -656,7 +673,7 @@ impl SearchResult {
     /// The best clean step scaled to a whole forwarder core: `(load, egress
     /// pps)` ÷ the CPU fraction the forwarder used, and that fraction. A
     /// projection from the CPU the step used, not a saturation measurement;
-    /// `None` below 2 %, where the softirq sampling resolution dominates.
+    /// `None` below 2 %, where fixed per-wake-up costs dominate.
     fn per_core(&self) -> Option<(f64, f64, f64)> {
         let best = self.best()?;
         let busy = best.forwarder_core_busy.filter(|b| *b >= 0.02)?;
@@ -688,7 +705,7 @@ impl SearchResult {
                 "forwarder_core_busy": busy,
                 "load_per_core": load,
                 "egress_pps_per_core": pps,
-                "reading": "projection: the largest clean step's load and egress divided by the CPU fraction the forwarder used (its thread's run time plus its core's softirq time)",
+                "reading": "projection: the largest clean step's load and egress divided by the CPU fraction the forwarder used (its thread's and its core's ksoftirqd run time)",
             })),
             "steps": self.steps,
         })
