@@ -9,25 +9,30 @@
 //! * **REMB**: the receiver's own estimate, taken as it is.
 //! * **transport-cc**: the appliance stamps every packet it sends to the
 //!   subscriber with its own transport-wide sequence number and remembers
-//!   size and send time. Each feedback message gives the fraction lost and,
-//!   from the arrival times, the rate actually delivered. The estimate then
-//!   follows the loss-based rule of Google Congestion Control (the part of
-//!   it that needs no delay filter): above 10 % loss it is cut to
-//!   `estimate × (1 − loss/2)`, and never below nothing of what was just
-//!   delivered; under 2 % loss it grows by 5 % per feedback (about every
-//!   100 ms); in between it holds. The first feedback starts it at twice the
-//!   delivered rate, and at least at [`START_ESTIMATE`] when nothing was
-//!   lost: a subscriber's first feedback usually covers audio alone (video
-//!   waits for a key frame), and starting from that would pause its video
-//!   until the estimate had grown past the lowest layer, seconds later.
+//!   size and send time; feedback gives the arrival times. Two estimates
+//!   come from it and the smaller counts:
+//!   - *delay-based* ([`DelayEstimator`], Google Congestion Control's delay
+//!     controller): a bottleneck queue shows as a rising delay trend before
+//!     it drops anything, and overuse sets the estimate to 0.85 × the rate
+//!     the receiver acknowledged;
+//!   - *loss-based* (GCC's loss rule): above 10 % loss per feedback the
+//!     estimate is cut to `estimate × (1 − loss/2)`, and never below nothing
+//!     of what was just delivered; under 2 % loss it grows by 5 % per
+//!     feedback (about every 100 ms); in between it holds.
 //!
-//! That is deliberately simple: it reacts to loss, not to queueing delay, so
-//! it downgrades a subscriber only once its link drops packets. It is enough
-//! to drive the layer selector's hysteresis; a delay-based controller can
-//! replace [`TwccEstimator`] without changing its callers.
+//!   The first feedback starts both at twice the delivered rate, and at
+//!   least at [`START_ESTIMATE`] when nothing was lost: a subscriber's first
+//!   feedback usually covers audio alone (video waits for a key frame), and
+//!   starting from that would pause its video until the estimate had grown
+//!   past the lowest layer, seconds later.
+//!
+//! Feedback is hostile input: packets we never sent (or no longer
+//! remember), packets reported received twice, arrival times out of order
+//! or jumping are counted in [`BweCounters`] and left out.
 
 use std::time::{Duration, Instant};
 
+use super::delay::{DelayCounters, DelayEstimator};
 use crate::wire::rtcp::{TransportCc, TwccPacket, TWCC_DELTA_TICK_US, TWCC_REFERENCE_TICK_US};
 
 /// How long an input counts after it was last heard.
@@ -46,15 +51,39 @@ struct Sent {
     seq: u16,
     size: u16,
     valid: bool,
+    /// Reported received already: a repeat is not new information.
+    acked: bool,
+    /// Send time, µs since the estimator's epoch.
+    send_us: i64,
 }
 
-/// Send-side transport-cc state and loss-based estimate for one subscriber.
+/// Feedback the estimator refused, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BweCounters {
+    /// Reports of sequence numbers not in the send record.
+    pub unknown: u64,
+    /// Reports of packets already reported received.
+    pub duplicate: u64,
+    /// Refusals and restarts inside the delay-based estimator.
+    pub delay: DelayCounters,
+}
+
+/// Send-side transport-cc state and the loss- and delay-based estimates
+/// for one subscriber.
 #[derive(Debug)]
 pub struct TwccEstimator {
     next_seq: u16,
     history: Box<[Sent]>,
+    /// Loss-based estimate.
     estimate: Option<u64>,
+    delay: DelayEstimator,
     heard: Option<Instant>,
+    /// Our clock's origin for send times; set by the first send.
+    epoch: Option<Instant>,
+    /// Last feedback's reference time (64 ms units), unwrapped from 24 bits.
+    reference: Option<i64>,
+    unknown: u64,
+    duplicate: u64,
 }
 
 impl Default for TwccEstimator {
@@ -70,39 +99,89 @@ impl TwccEstimator {
             next_seq: 0,
             history: vec![Sent::default(); HISTORY_LEN].into_boxed_slice(),
             estimate: None,
+            delay: DelayEstimator::new(),
             heard: None,
+            epoch: None,
+            reference: None,
+            unknown: 0,
+            duplicate: 0,
         }
     }
 
+    fn micros(&mut self, now: Instant) -> i64 {
+        let epoch = *self.epoch.get_or_insert(now);
+        i64::try_from(now.saturating_duration_since(epoch).as_micros()).unwrap_or(i64::MAX)
+    }
+
     /// The transport-wide sequence number for a packet of `size` bytes about
-    /// to be sent.
-    pub fn on_send(&mut self, size: usize) -> u16 {
+    /// to be sent at `now`.
+    pub fn on_send(&mut self, size: usize, now: Instant) -> u16 {
         let seq = self.next_seq;
         self.next_seq = seq.wrapping_add(1);
+        let send_us = self.micros(now);
         self.history[usize::from(seq) % HISTORY_LEN] = Sent {
             seq,
             size: size.min(usize::from(u16::MAX)) as u16,
             valid: true,
+            acked: false,
+            send_us,
         };
         seq
     }
 
+    /// The feedback's reference time in µs on a timeline that continues
+    /// across the 24-bit wrap (the nearest unwrapping to the last one).
+    fn unwrap_reference<T: AsRef<[u8]>>(&mut self, fb: &TransportCc<T>) -> i64 {
+        let raw = i64::from(fb.reference_time());
+        let unwrapped = match self.reference {
+            None => raw,
+            Some(last) => {
+                let diff = (raw - last).rem_euclid(1 << 24);
+                let diff = if diff >= 1 << 23 {
+                    diff - (1 << 24)
+                } else {
+                    diff
+                };
+                // A hostile run of jumps must not walk the timeline towards
+                // overflow: far out, start again from the raw value.
+                Some(last + diff)
+                    .filter(|u| u.abs() < 1 << 40)
+                    .unwrap_or(raw)
+            }
+        };
+        self.reference = Some(unwrapped);
+        unwrapped * TWCC_REFERENCE_TICK_US
+    }
+
     /// Consumes one feedback message.
     pub fn on_feedback<T: AsRef<[u8]>>(&mut self, fb: &TransportCc<T>, now: Instant) {
+        let now_us = self.micros(now);
         let mut received = 0u32;
         let mut lost = 0u32;
         let mut bytes = 0u64;
-        let mut arrival = fb.reference_time_us();
+        let mut arrival = self.unwrap_reference(fb);
         let mut first_arrival: Option<i64> = None;
         let mut last_arrival = arrival;
         for TwccPacket { seq, delta_us } in fb.packets() {
-            let sent = self.history[usize::from(seq) % HISTORY_LEN];
-            if !sent.valid || sent.seq != seq {
+            // Deltas accumulate over every received packet, known or not.
+            if let Some(delta) = delta_us {
+                arrival += i64::from(delta);
+            }
+            let slot = &mut self.history[usize::from(seq) % HISTORY_LEN];
+            if !slot.valid || slot.seq != seq {
+                self.unknown += 1;
                 continue;
             }
+            if slot.acked {
+                self.duplicate += 1;
+                continue;
+            }
+            let sent = *slot;
             match delta_us {
-                Some(delta) => {
-                    arrival += i64::from(delta);
+                Some(_) => {
+                    slot.acked = true;
+                    self.delay
+                        .on_packet(sent.send_us, arrival, usize::from(sent.size));
                     received += 1;
                     // The first packet's bytes arrived before the span starts.
                     if first_arrival.is_none() {
@@ -119,6 +198,8 @@ impl TwccEstimator {
         if total == 0 {
             return;
         }
+        // The delay-based side acts on what it was just fed, once started.
+        self.delay.update(now_us);
         let loss = f64::from(lost) / f64::from(total);
         let span_us = first_arrival.map_or(0, |first| last_arrival - first);
         let delivered = (span_us >= i64::from(TWCC_DELTA_TICK_US) * 40)
@@ -138,16 +219,35 @@ impl TwccEstimator {
                 }
             }
         };
-        self.estimate = Some(next.clamp(MIN_ESTIMATE, MAX_ESTIMATE));
+        let next = next.clamp(MIN_ESTIMATE, MAX_ESTIMATE);
+        self.estimate = Some(next);
+        self.delay.start(next, now_us);
         self.heard = Some(now);
     }
 
-    /// The estimate, if feedback was heard within [`ESTIMATE_TTL`].
+    /// The estimate, the smaller of loss- and delay-based, if feedback was
+    /// heard within [`ESTIMATE_TTL`].
     pub fn estimate(&self, now: Instant) -> Option<u64> {
         let heard = self.heard?;
-        (now.saturating_duration_since(heard) < ESTIMATE_TTL)
-            .then_some(self.estimate)
-            .flatten()
+        if now.saturating_duration_since(heard) >= ESTIMATE_TTL {
+            return None;
+        }
+        let loss = self.estimate?;
+        Some(self.delay.estimate().map_or(loss, |delay| delay.min(loss)))
+    }
+
+    /// The delay-based estimator, for its verdict and figures.
+    pub fn delay(&self) -> &DelayEstimator {
+        &self.delay
+    }
+
+    /// Feedback refused so far.
+    pub fn counters(&self) -> BweCounters {
+        BweCounters {
+            unknown: self.unknown,
+            duplicate: self.duplicate,
+            delay: self.delay.counters(),
+        }
     }
 }
 
@@ -303,7 +403,7 @@ mod tests {
         // 100 packets of 1000 bytes over 100 ms: 8 Mbit/s delivered... of
         // which the feedback reports all received.
         for i in 0..100u16 {
-            let seq = est.on_send(1000);
+            let seq = est.on_send(1000, t0);
             rec.on_packet(seq, t0 + Duration::from_millis(u64::from(i)));
         }
         let buf = feedback(&mut rec);
@@ -312,7 +412,7 @@ mod tests {
         assert!((14_000_000..18_000_000).contains(&first), "{first}");
         // Next round: 30 % lost.
         for i in 0..100u16 {
-            let seq = est.on_send(1000);
+            let seq = est.on_send(1000, t0);
             if i % 10 >= 3 {
                 rec.on_packet(seq, t0 + Duration::from_millis(200 + u64::from(i)));
             }
@@ -323,7 +423,7 @@ mod tests {
         assert!(cut < first, "{cut} < {first}");
         // And a clean round grows it again.
         for i in 0..100u16 {
-            let seq = est.on_send(1000);
+            let seq = est.on_send(1000, t0);
             rec.on_packet(seq, t0 + Duration::from_millis(400 + u64::from(i)));
         }
         let buf = feedback(&mut rec);
@@ -339,7 +439,7 @@ mod tests {
         let mut est = TwccEstimator::new();
         let mut rec = TwccRecorder::new(t0);
         for i in 0..packets {
-            let seq = est.on_send(100);
+            let seq = est.on_send(100, t0);
             if lose_every == 0 || i % lose_every != 0 {
                 rec.on_packet(
                     seq,

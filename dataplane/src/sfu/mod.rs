@@ -64,6 +64,7 @@
 pub mod bwe;
 pub mod cache;
 pub mod command;
+pub mod delay;
 pub mod peer;
 pub mod queue;
 pub mod stats;
@@ -624,7 +625,7 @@ impl Sfu {
                 dst[..len].copy_from_slice(plain);
                 apply_to_packet(&mut dst[..len], &forward, ext_map).map_err(|_| ())?;
                 if let Some(id) = tcc_id {
-                    stamp_transport_cc(&mut dst[..len], id, &mut sub.twcc_out);
+                    stamp_transport_cc(&mut dst[..len], id, &mut sub.twcc_out, now);
                 }
                 sub.tx.protect_rtp(dst, len).map_err(|_| ())
             });
@@ -730,7 +731,7 @@ impl Sfu {
                         continue;
                     };
                     for seq in nack.lost_seqs() {
-                        self.retransmit(o, seq);
+                        self.retransmit(now, o, seq);
                     }
                 }
                 RtcpPacket::Pli(_) | RtcpPacket::Fir(_) => {
@@ -852,7 +853,7 @@ impl Sfu {
     }
 
     /// Answers one NACKed output sequence number of outgoing stream `o`.
-    fn retransmit(&mut self, o: usize, seq: u16) {
+    fn retransmit(&mut self, now: Instant, o: usize, seq: u16) {
         let Some(out) = self.outs[o].as_mut() else {
             return;
         };
@@ -884,7 +885,7 @@ impl Sfu {
             dst[..len].copy_from_slice(packet);
             apply_to_packet(&mut dst[..len], &entry.forward, ext_map).map_err(|_| ())?;
             if let Some(id) = tcc_id {
-                stamp_transport_cc(&mut dst[..len], id, &mut sub.twcc_out);
+                stamp_transport_cc(&mut dst[..len], id, &mut sub.twcc_out, now);
             }
             let mut total = len;
             if let Some((rtx_ssrc, rtx_pt, rtx_seq)) = rtx {
@@ -1629,7 +1630,7 @@ fn count_rtcp(counters: &mut Counters, pushed: Result<bool, ()>) {
 
 /// Overwrites the transport-cc element `id` of a (rewritten, plaintext) RTP
 /// packet with the subscriber's own next transport-wide sequence number.
-fn stamp_transport_cc(packet: &mut [u8], id: u8, estimator: &mut TwccEstimator) {
+fn stamp_transport_cc(packet: &mut [u8], id: u8, estimator: &mut TwccEstimator, now: Instant) {
     let len = packet.len();
     let mut rtp = RtpPacket::new_unchecked(packet);
     let Some(profile) = rtp.extension_profile() else {
@@ -1639,7 +1640,7 @@ fn stamp_transport_cc(packet: &mut [u8], id: u8, estimator: &mut TwccEstimator) 
         return;
     };
     if let Ok(Some(element)) = rtp_ext::find_mut(profile, data, id) {
-        let seq = estimator.on_send(len);
+        let seq = estimator.on_send(len, now);
         let _ = rtp_ext::write_transport_cc(element, seq);
     }
 }

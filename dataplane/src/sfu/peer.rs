@@ -515,6 +515,20 @@ impl Peer {
         Ok(self.tx.protect_rtcp(out, len)?)
     }
 
+    /// Transport-cc feedback on what `recorder` saw since its last report,
+    /// into `out`; `None` if there is nothing new.
+    pub fn transport_cc(
+        &mut self,
+        recorder: &mut super::bwe::TwccRecorder,
+        media_ssrc: u32,
+        out: &mut [u8],
+    ) -> Result<Option<usize>, PeerError> {
+        let Some(len) = recorder.build_feedback(self.config.rtcp_ssrc, media_ssrc, out) else {
+            return Ok(None);
+        };
+        Ok(Some(self.tx.protect_rtcp(out, len)?))
+    }
+
     /// A sender report for video `layer` (RTP timestamp of its last frame)
     /// into `out`.
     pub fn sender_report(
