@@ -111,6 +111,8 @@ pub struct AppState {
     /// Woken when a consult ends (for the drain).
     pub consult_ended: tokio::sync::Notify,
     workers: u16,
+    /// Set when the appliance is in a pool on etcd.
+    pool: std::sync::OnceLock<Arc<crate::cluster::PoolMembership>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -258,6 +260,7 @@ impl AppState {
             registry: Mutex::new(Registry::default()),
             consult_ended: tokio::sync::Notify::new(),
             workers,
+            pool: std::sync::OnceLock::new(),
         }
     }
 
@@ -329,6 +332,40 @@ impl AppState {
 
     fn level(&self) -> u8 {
         self.ladder.lock().expect("lock").level()
+    }
+
+    /// Puts the appliance in a pool: new consults are admitted only while
+    /// `membership` says the pool sees it.
+    pub fn join_pool(&self, membership: Arc<crate::cluster::PoolMembership>) {
+        let _ = self.pool.set(membership);
+    }
+
+    /// Whether the pool sees this appliance (always, without a pool).
+    pub fn in_pool(&self) -> bool {
+        self.pool.get().is_none_or(|m| m.is_registered())
+    }
+
+    /// This appliance's record for the pool.
+    pub fn pool_record(&self) -> crate::cluster::ApplianceRecord {
+        let (level, load_percent) = {
+            let l = self.ladder.lock().expect("lock");
+            (l.level(), l.load_percent())
+        };
+        crate::cluster::ApplianceRecord {
+            name: self.config.cluster.name.clone(),
+            region: self.config.regions.name.clone(),
+            api: self.config.http.listen.to_string(),
+            media: self
+                .config
+                .media
+                .advertised_addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            egress_ceiling_bps: self.config.overload.egress_ceiling_bps,
+            load_percent,
+            overload_level: level,
+        }
     }
 
     /// Recomputes every consult's cap and hands it to the media plane.
@@ -465,9 +502,11 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    let ready = state.drain().ready();
+    let in_pool = state.in_pool();
+    let ready = state.drain().ready() && in_pool;
     let body = Json(serde_json::json!({
         "ready": ready,
+        "in_pool": in_pool,
         "overload_level": state.level(),
     }));
     if ready {
@@ -546,6 +585,19 @@ async fn create_consult(
             "residency",
             refusal.to_string(),
         ));
+    }
+    if !state.in_pool() {
+        let mut e = AuditEvent::now(EventKind::ConsultRefused, &state.config.regions.name);
+        e.remote = Some(peer.to_string());
+        e.detail = Some("not registered in the pool".into());
+        state.record(&e).await;
+        let mut err = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster_unreachable",
+            "this appliance cannot reach the pool's etcd and admits no new consults; existing consults continue",
+        );
+        err.retry_after = Some(state.config.cluster.lease_ttl_secs);
+        return Err(err);
     }
     let level = state.level();
     let draining = !state.drain().admits_new_consults();

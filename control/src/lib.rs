@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod cluster;
 pub mod config;
 pub mod drain;
 pub mod dtls;

@@ -238,6 +238,23 @@ pub fn spawn_load_sampler(state: Arc<AppState>, media: Arc<dyn MediaPlane>) {
     });
 }
 
+/// With `[cluster] etcd` set: keeps the appliance registered in the pool
+/// and admitting only while it is (see [`crate::cluster`]).
+pub fn spawn_pool_registration(
+    state: &Arc<AppState>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, std::io::Error> {
+    let cluster = state.config().cluster.clone();
+    if cluster.etcd.is_empty() {
+        return Ok(None);
+    }
+    let membership = crate::cluster::PoolMembership::new();
+    state.join_pool(membership.clone());
+    let record_state = state.clone();
+    crate::cluster::spawn_registration(cluster, membership, move || record_state.pool_record())
+        .map(Some)
+        .map_err(std::io::Error::other)
+}
+
 /// Waits until the drain says to exit; returns the consults still open.
 pub async fn drain_until_done(state: &AppState) -> usize {
     loop {
@@ -351,6 +368,7 @@ async fn run_state(
     let media = state.media().clone();
     let server = Server::start(state.clone()).await?;
     spawn_load_sampler(state.clone(), media);
+    let _registration = spawn_pool_registration(&state)?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;

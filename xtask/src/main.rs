@@ -25,7 +25,7 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// userspace relay the XDP benchmark is compared with; DejaVu Sans for the
 /// text of `switchboard plan --chart`; headless Chromium with its WebDriver
 /// and aiortc (for Debian's /usr/bin/python3) as the WebRTC clients of the
-/// browser and WHIP/WHEP tests.
+/// browser and WHIP/WHEP tests; etcd for the appliance pool's tests.
 const DEBIAN_PACKAGES: &[&str] = &[
     "build-essential",
     "pkg-config",
@@ -42,6 +42,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "chromium",
     "chromium-driver",
     "python3-aiortc",
+    "etcd-server",
 ];
 /// Seconds each fuzz target runs in `ci`; `fuzz --seconds N` overrides.
 const CI_FUZZ_SECONDS: u64 = 30;

@@ -94,6 +94,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Regions.
     pub regions: RegionsConfig,
+    /// Appliance pools on etcd.
+    pub cluster: ClusterConfig,
     /// Shutdown.
     pub drain: DrainConfig,
     /// Logging.
@@ -254,6 +256,32 @@ impl Default for AuditConfig {
             fsync: FsyncMode::EveryEvent,
             group_commit_ms: 20,
             rotate_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[cluster]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// etcd client URLs (`http://host:port`); empty: a single box with its
+    /// embedded store.
+    pub etcd: Vec<String>,
+    /// This appliance's name in the pool (unique).
+    pub name: String,
+    /// Lease of the appliance's registration, seconds.
+    pub lease_ttl_secs: u64,
+    /// Prefix of every key the pool writes.
+    pub prefix: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            etcd: Vec::new(),
+            name: String::new(),
+            lease_ttl_secs: 5,
+            prefix: "/switchboard/".to_owned(),
         }
     }
 }
@@ -433,6 +461,40 @@ impl Config {
                 });
             }
         }
+        for (i, url) in self.cluster.etcd.iter().enumerate() {
+            let rest = url.strip_prefix("http://").unwrap_or("");
+            if rest.is_empty() || rest.contains(char::is_whitespace) {
+                return Err(ConfigError::InvalidAt {
+                    key: format!("cluster.etcd[{i}]"),
+                    reason: format!(
+                        "{url:?} is not an etcd client URL like http://198.18.0.10:2379"
+                    ),
+                });
+            }
+        }
+        if !self.cluster.etcd.is_empty() {
+            let name = &self.cluster.name;
+            if name.is_empty()
+                || name.len() > 63
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            {
+                return Err(invalid(
+                    "cluster.name",
+                    "with cluster.etcd set, give the appliance a unique name of 1-63 letters, digits, '-', '_' or '.'",
+                ));
+            }
+        }
+        if !(2..=300).contains(&self.cluster.lease_ttl_secs) {
+            return Err(invalid(
+                "cluster.lease_ttl_secs",
+                "must be between 2 and 300",
+            ));
+        }
+        if !self.cluster.prefix.starts_with('/') || !self.cluster.prefix.ends_with('/') {
+            return Err(invalid("cluster.prefix", "must start and end with '/'"));
+        }
         if self.tokens.lifetime_secs == 0 || self.tokens.lifetime_secs > 7 * 24 * 3600 {
             return Err(invalid(
                 "tokens.lifetime_secs",
@@ -478,6 +540,9 @@ impl Config {
         }
         if self.xdp != new.xdp {
             out.push("xdp");
+        }
+        if self.cluster != new.cluster {
+            out.push("cluster");
         }
         if self.tokens.signing_key_file != new.tokens.signing_key_file {
             out.push("tokens.signing_key_file");
@@ -595,6 +660,32 @@ mod tests {
 
     fn err(text: &str) -> ConfigError {
         Config::parse(text).expect_err("config must be rejected")
+    }
+
+    #[test]
+    fn cluster_settings_are_checked() {
+        let c =
+            Config::parse("[cluster]\netcd = [\"http://198.18.0.10:2379\"]\nname = \"edge-1\"\n")
+                .unwrap();
+        assert_eq!(c.cluster.lease_ttl_secs, 5);
+        for (text, key) in [
+            (
+                "[cluster]\netcd = [\"198.18.0.10:2379\"]\nname = \"a\"\n",
+                "cluster.etcd[0]",
+            ),
+            (
+                "[cluster]\netcd = [\"http://198.18.0.10:2379\"]\n",
+                "cluster.name",
+            ),
+            (
+                "[cluster]\netcd = [\"http://198.18.0.10:2379\"]\nname = \"a b\"\n",
+                "cluster.name",
+            ),
+            ("[cluster]\nlease_ttl_secs = 1\n", "cluster.lease_ttl_secs"),
+            ("[cluster]\nprefix = \"switchboard\"\n", "cluster.prefix"),
+        ] {
+            assert_eq!(err(text).key(), key, "{text}");
+        }
     }
 
     #[test]
