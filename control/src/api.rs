@@ -5,12 +5,12 @@
 //! | `GET /healthz` | none | 200 |
 //! | `GET /readyz` | none | 200, 503 while draining |
 //! | `GET /metrics` | none | 200 Prometheus text |
-//! | `POST /v1/consults` | admin | 201, 400, 401, 503 (+Retry-After) at level 4 or draining |
+//! | `POST /v1/consults` | admin | 201, 400, 401, 422, 503 (+Retry-After) at level 4, draining, out of the pool or without room in it |
 //! | `GET /v1/consults` | admin | 200, 401 |
 //! | `GET /v1/consults/{id}` | admin or join token of the consult | 200, 401, 403, 404 |
 //! | `DELETE /v1/consults/{id}` | admin or clinician | 200, 401, 403, 404 |
 //! | `POST /v1/consults/{id}/tokens` | admin | 201, 400, 401, 404 |
-//! | `POST /v1/consults/{id}/whip` | patient or clinician | 201 SDP answer, 400, 401, 403, 404, 415 |
+//! | `POST /v1/consults/{id}/whip` | patient or clinician | 201 SDP answer, 400, 401, 403, 404, 409 (another box of the pool carries it), 415 |
 //! | `POST /v1/consults/{id}/whep` | any role | 201 SDP answer, 400, 401, 403, 404, 415 |
 //! | `DELETE /v1/legs/{id}` | the leg's participant or admin | 200, 401, 403, 404 |
 //! | `PATCH /v1/legs/{id}` | — | 405: no trickle ICE, no ICE restart |
@@ -73,8 +73,48 @@ pub struct Consult {
     pub legs: Vec<LegId>,
     /// The cap the overload policy applies now.
     pub video_cap: VideoCap,
+    /// Where the pool placed it (pools on etcd only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolView>,
     #[serde(skip)]
     room: u32,
+    /// The pool store's revision when this box took the consult.
+    #[serde(skip)]
+    pool_revision: i64,
+}
+
+/// A consult's place in the pool, as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolView {
+    /// The appliance carrying it (`None`: no allowed region has room now).
+    pub appliance: Option<String>,
+    /// Its region.
+    pub region: Option<String>,
+    /// Base URL of that appliance's API: WHIP, WHEP and tokens go there.
+    pub api: Option<String>,
+    /// Bumped at every move; legs opened for an older one must reconnect.
+    pub generation: u64,
+    /// Why it is where it is.
+    pub reason: String,
+    /// Set once it has moved: open new WHIP/WHEP resources at `api`.
+    pub reconnect: Option<crate::pool::Reconnect>,
+    /// How it was placed (in the response that created it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placement: Option<crate::placement::Placement>,
+}
+
+impl PoolView {
+    fn of(record: &crate::pool::ConsultRecord, api: Option<String>) -> Self {
+        Self {
+            appliance: record.appliance.clone(),
+            region: record.region.clone(),
+            api: api.map(|a| format!("http://{a}")),
+            generation: record.generation,
+            reason: record.reason.clone(),
+            reconnect: record.reconnect.clone(),
+            placement: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +153,8 @@ pub struct AppState {
     workers: u16,
     /// Set when the appliance is in a pool on etcd.
     pool: std::sync::OnceLock<Arc<crate::cluster::PoolMembership>>,
+    /// The pool's router, likewise.
+    router: std::sync::OnceLock<Arc<crate::pool::Pool>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -261,6 +303,7 @@ impl AppState {
             consult_ended: tokio::sync::Notify::new(),
             workers,
             pool: std::sync::OnceLock::new(),
+            router: std::sync::OnceLock::new(),
         }
     }
 
@@ -340,6 +383,172 @@ impl AppState {
         let _ = self.pool.set(membership);
     }
 
+    /// Routes new consults through `pool` and takes the consults it places
+    /// here.
+    pub fn route_through(&self, pool: Arc<crate::pool::Pool>) {
+        let _ = self.router.set(pool);
+    }
+
+    fn router(&self) -> Option<&Arc<crate::pool::Pool>> {
+        self.router.get()
+    }
+
+    /// Takes consult `record` (placed on this appliance by the pool) into
+    /// the registry if it is not there yet.
+    async fn adopt(&self, record: &crate::pool::ConsultRecord, revision: i64) {
+        let level = self.level();
+        {
+            let mut reg = self.registry.lock().expect("lock");
+            if reg.consults.contains_key(&record.id) {
+                return;
+            }
+            reg.next_room = reg.next_room.wrapping_add(1);
+            let c = Consult {
+                id: record.id.clone(),
+                priority: record.priority,
+                residency: record.residency.clone(),
+                region: self.config.regions.name.clone(),
+                created_at: record.created_at.clone(),
+                legs: Vec::new(),
+                video_cap: VideoCap::for_level(level, record.priority),
+                pool: None,
+                room: reg.next_room,
+                pool_revision: revision,
+            };
+            reg.consults.insert(c.id.clone(), c);
+        }
+        self.apply_caps();
+        self.update_gauges();
+        let mut e = AuditEvent::now(EventKind::ConsultAdopted, &self.config.regions.name);
+        e.consult = Some(record.id.clone());
+        e.detail = Some(format!(
+            "generation={} from={}",
+            record.generation,
+            record.reconnect.as_ref().map_or("", |r| r.from.as_str())
+        ));
+        self.record(&e).await;
+        tracing::info!(consult = %record.id, generation = record.generation, "consult taken from the pool");
+    }
+
+    /// Makes sure consult `id` is carried here: it is in the registry, or
+    /// the pool placed it on this appliance (then it is taken now). A
+    /// consult the pool placed elsewhere is a 409 naming where.
+    async fn ensure_local(&self, id: &str) -> ApiResult<()> {
+        if self
+            .registry
+            .lock()
+            .expect("lock")
+            .consults
+            .contains_key(id)
+        {
+            return Ok(());
+        }
+        let Some(pool) = self.router() else {
+            return Err(ApiError::not_found("consult"));
+        };
+        let (record, revision) = pool
+            .record(id)
+            .await
+            .map_err(|e| cluster_unreachable(self, &e))?
+            .ok_or_else(|| ApiError::not_found("consult"))?;
+        match &record.appliance {
+            Some(a) if a == pool.name() => {
+                self.adopt(&record, revision).await;
+                Ok(())
+            }
+            Some(a) => {
+                let api = pool.api_of(a).await.ok().flatten().unwrap_or_default();
+                Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "other_appliance",
+                    format!("consult is carried by appliance {a} (API http://{api}); signal there"),
+                ))
+            }
+            None => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unplaced",
+                record.reason,
+            )),
+        }
+    }
+
+    /// Removes consult `id` from this appliance (registry and media plane);
+    /// the legs removed.
+    fn remove_local(&self, id: &str) -> Option<(Consult, Vec<LegId>)> {
+        let (consult, legs) = {
+            let mut reg = self.registry.lock().expect("lock");
+            let c = reg.consults.remove(id)?;
+            let legs: Vec<LegId> = c.legs.clone();
+            for l in &legs {
+                reg.legs.remove(l);
+            }
+            (c, legs)
+        };
+        for l in &legs {
+            if let Err(e) = self.media.remove_leg(*l) {
+                tracing::warn!(leg = l, error = %e, "media plane did not remove a leg");
+            }
+        }
+        self.update_gauges();
+        self.consult_ended.notify_waiters();
+        Some((consult, legs))
+    }
+
+    /// One pass of the pool's upkeep: re-places consults of appliances that
+    /// left, then lets go of local consults the pool now has elsewhere (or
+    /// no longer has). Does nothing while this box is out of the pool.
+    pub async fn pool_upkeep(
+        &self,
+    ) -> Result<crate::pool::FailoverReport, crate::cluster::ClusterError> {
+        let Some(pool) = self.router().cloned() else {
+            return Ok(Default::default());
+        };
+        if !self.in_pool() {
+            return Ok(Default::default());
+        }
+        let snap = pool.snapshot().await?;
+        let report = pool.failover_pass(&snap).await?;
+        for (id, from, to) in &report.moved {
+            tracing::warn!(consult = %id, from = %from, to = %to, "consult re-placed: its appliance left the pool");
+            let mut e = AuditEvent::now(EventKind::ConsultMoved, &self.config.regions.name);
+            e.consult = Some(id.clone());
+            e.detail = Some(format!("from={from} to={to}"));
+            self.record(&e).await;
+        }
+        for (id, why) in &report.unplaced {
+            tracing::error!(consult = %id, why = %why, "consult could not be re-placed");
+        }
+        // Only consults taken before the read are judged by it.
+        let stale: Vec<(String, String)> = {
+            let reg = self.registry.lock().expect("lock");
+            reg.consults
+                .values()
+                .filter(|c| c.pool_revision > 0 && c.pool_revision <= snap.revision)
+                .filter_map(|c| {
+                    let now = snap.consults.iter().find(|(r, _)| r.id == c.id);
+                    match now.and_then(|(r, _)| r.appliance.as_deref()) {
+                        Some(a) if a == pool.name() => None,
+                        Some(a) => Some((c.id.clone(), format!("moved to {a} by the pool"))),
+                        None if now.is_some() => {
+                            Some((c.id.clone(), "unplaced by the pool".to_owned()))
+                        }
+                        None => Some((c.id.clone(), "ended on another appliance".to_owned())),
+                    }
+                })
+                .collect()
+        };
+        for (id, why) in stale {
+            if let Some((_, legs)) = self.remove_local(&id) {
+                tracing::warn!(consult = %id, legs = legs.len(), why = %why, "consult let go");
+                let mut e = AuditEvent::now(EventKind::ConsultEnded, &self.config.regions.name);
+                e.consult = Some(id.clone());
+                e.detail = Some(why);
+                self.record(&e).await;
+            }
+        }
+        Ok(report)
+    }
+
     /// Whether the pool sees this appliance (always, without a pool).
     pub fn in_pool(&self) -> bool {
         self.pool.get().is_none_or(|m| m.is_registered())
@@ -350,6 +559,12 @@ impl AppState {
         let (level, load_percent) = {
             let l = self.ladder.lock().expect("lock");
             (l.level(), l.load_percent())
+        };
+        // A draining box takes no new consults: the router sees level 4.
+        let level = if self.drain().admits_new_consults() {
+            level
+        } else {
+            4
         };
         crate::cluster::ApplianceRecord {
             name: self.config.cluster.name.clone(),
@@ -550,6 +765,122 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 struct CreateConsult {
     priority: Priority,
     residency: String,
+    /// Where the parties are: location names of the region map or client
+    /// addresses; the pool's router ranks regions by the latency between
+    /// them.
+    #[serde(default)]
+    parties: Vec<String>,
+}
+
+/// A 503 for an etcd that did not answer.
+fn cluster_unreachable(state: &AppState, e: &crate::cluster::ClusterError) -> ApiError {
+    tracing::warn!(error = %e, "pool store unreachable");
+    let mut err = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "cluster_unreachable",
+        format!("the pool's etcd did not answer: {e}"),
+    );
+    err.retry_after = Some(state.config.cluster.lease_ttl_secs);
+    err
+}
+
+/// `POST /v1/consults` in a pool: the router places the consult on any
+/// live appliance; this one takes it at once if it is the one chosen.
+async fn create_in_pool(
+    state: &Arc<AppState>,
+    pool: &crate::pool::Pool,
+    peer: SocketAddr,
+    req: CreateConsult,
+) -> ApiResult<Response> {
+    use crate::placement::{ConsultRequest, Party, Refusal};
+    use crate::pool::{ConsultRecord, PoolError};
+    if req.parties.len() > 8 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "at most 8 parties",
+        ));
+    }
+    let parties = req
+        .parties
+        .iter()
+        .map(|p| match p.parse() {
+            Ok(addr) => Party::Address(addr),
+            Err(_) => Party::Location(p.clone()),
+        })
+        .collect();
+    let request = ConsultRequest {
+        residency: req.residency.clone(),
+        parties,
+        egress_bps: state.config.cluster.consult_egress_bps,
+    };
+    let record = ConsultRecord {
+        id: random_id(),
+        priority: req.priority,
+        residency: req.residency.clone(),
+        created_at: crate::audit::rfc3339_utc(SystemTime::now()),
+        appliance: None,
+        region: None,
+        generation: 0,
+        reason: String::new(),
+        reconnect: None,
+    };
+    let refused = |code: &'static str, status: StatusCode, reason: String| async move {
+        let mut e = AuditEvent::now(EventKind::ConsultRefused, &state.config.regions.name);
+        e.remote = Some(peer.to_string());
+        e.detail = Some(format!("residency={} {code}", req.residency));
+        state.record(&e).await;
+        ApiError::new(status, code, reason)
+    };
+    let placed = match pool.place_new(record, &request).await {
+        Ok(p) => p,
+        Err(PoolError::Refused(r @ Refusal::NoRoom { .. })) => {
+            let mut err = refused("no_room", StatusCode::SERVICE_UNAVAILABLE, r.to_string()).await;
+            err.retry_after = Some(state.config.overload.retry_after_secs);
+            return Err(err);
+        }
+        Err(PoolError::Refused(r)) => {
+            return Err(refused("residency", StatusCode::UNPROCESSABLE_ENTITY, r.to_string()).await)
+        }
+        Err(PoolError::Cluster(e)) => return Err(cluster_unreachable(state, &e)),
+        Err(e @ PoolError::Contended(_)) => {
+            let mut err =
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "contended", e.to_string());
+            err.retry_after = Some(1);
+            return Err(err);
+        }
+    };
+    if placed.record.appliance.as_deref() == Some(pool.name()) {
+        state.adopt(&placed.record, placed.revision).await;
+    }
+    let mut view = PoolView::of(&placed.record, Some(placed.api.clone()));
+    view.placement = Some(placed.placement.clone());
+    let level = placed.placement.level;
+    let consult = Consult {
+        id: placed.record.id.clone(),
+        priority: placed.record.priority,
+        residency: placed.record.residency.clone(),
+        region: placed.placement.region.clone(),
+        created_at: placed.record.created_at.clone(),
+        legs: Vec::new(),
+        video_cap: VideoCap::for_level(level, placed.record.priority),
+        pool: Some(view),
+        room: 0,
+        pool_revision: placed.revision,
+    };
+    let mut e = AuditEvent::now(EventKind::ConsultCreated, &state.config.regions.name);
+    e.consult = Some(consult.id.clone());
+    e.remote = Some(peer.to_string());
+    e.detail = Some(format!(
+        "priority={} residency={} appliance={} region={}",
+        consult.priority.as_str(),
+        consult.residency,
+        placed.placement.appliance,
+        placed.placement.region
+    ));
+    state.record(&e).await;
+    tracing::info!(consult = %consult.id, appliance = %placed.placement.appliance, "consult placed in the pool");
+    Ok((StatusCode::CREATED, Json(consult)).into_response())
 }
 
 async fn create_consult(
@@ -574,8 +905,20 @@ async fn create_consult(
             "residency must be 1-32 letters, digits, '-' or '_'",
         ));
     }
-    // The region map decides which jurisdictions this box may carry.
-    if let Err(refusal) = crate::placement::admit_locally(&state.config.regions, &req.residency) {
+    let router = state.router().cloned();
+    if router.is_none() && !req.parties.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "parties are used by a pool's router only (cluster.etcd is not set)",
+        ));
+    }
+    // The region map decides which jurisdictions this box may carry (in a
+    // pool, the router decides which box).
+    if let (None, Err(refusal)) = (
+        &router,
+        crate::placement::admit_locally(&state.config.regions, &req.residency),
+    ) {
         let mut e = AuditEvent::now(EventKind::ConsultRefused, &state.config.regions.name);
         e.remote = Some(peer.to_string());
         e.detail = Some(format!("residency={}", req.residency));
@@ -598,6 +941,11 @@ async fn create_consult(
         );
         err.retry_after = Some(state.config.cluster.lease_ttl_secs);
         return Err(err);
+    }
+    // Each box's level and drain state reach the router through its
+    // registration.
+    if let Some(pool) = router {
+        return create_in_pool(&state, &pool, peer, req).await;
     }
     let level = state.level();
     let draining = !state.drain().admits_new_consults();
@@ -629,7 +977,9 @@ async fn create_consult(
             created_at: crate::audit::rfc3339_utc(SystemTime::now()),
             legs: Vec::new(),
             video_cap: VideoCap::for_level(level, req.priority),
+            pool: None,
             room: reg.next_room,
+            pool_revision: 0,
         };
         reg.consults.insert(c.id.clone(), c.clone());
         c
@@ -670,12 +1020,53 @@ async fn get_consult(
             &[Role::Patient, Role::Clinician, Role::Observer],
         )?;
     }
-    let reg = state.registry.lock().expect("lock");
-    reg.consults
+    let local = state
+        .registry
+        .lock()
+        .expect("lock")
+        .consults
         .get(&id)
-        .cloned()
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found("consult"))
+        .cloned();
+    let Some(pool) = state.router().cloned() else {
+        return local
+            .map(Json)
+            .ok_or_else(|| ApiError::not_found("consult"));
+    };
+    // In a pool the store says where the consult runs now; this box's copy
+    // may be one it is about to let go.
+    let (record, _) = match pool.record(&id).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return Err(ApiError::not_found("consult")),
+        Err(e) => {
+            return local
+                .map(Json)
+                .ok_or_else(|| cluster_unreachable(&state, &e))
+        }
+    };
+    let api = match &record.appliance {
+        Some(a) => pool.api_of(a).await.ok().flatten(),
+        None => None,
+    };
+    let view = PoolView::of(&record, api);
+    let consult = match local {
+        Some(mut c) if record.appliance.as_deref() == Some(pool.name()) => {
+            c.pool = Some(view);
+            c
+        }
+        _ => Consult {
+            id: record.id.clone(),
+            priority: record.priority,
+            residency: record.residency.clone(),
+            region: record.region.clone().unwrap_or_default(),
+            created_at: record.created_at.clone(),
+            legs: Vec::new(),
+            video_cap: VideoCap::for_level(0, record.priority),
+            pool: Some(view),
+            room: 0,
+            pool_revision: 0,
+        },
+    };
+    Ok(Json(consult))
 }
 
 async fn end_consult(
@@ -689,36 +1080,31 @@ async fn end_consult(
     } else {
         Some(state.require_join(&headers, &id, &[Role::Clinician])?)
     };
-    let (consult, legs) = {
-        let mut reg = state.registry.lock().expect("lock");
-        let c = reg
-            .consults
+    // In a pool the record goes first: the appliance carrying the consult
+    // lets go of it at its next upkeep if that is not this one.
+    let in_store = match state.router() {
+        Some(pool) => pool
             .remove(&id)
-            .ok_or_else(|| ApiError::not_found("consult"))?;
-        let legs: Vec<LegId> = c.legs.clone();
-        for l in &legs {
-            reg.legs.remove(l);
-        }
-        (c, legs)
+            .await
+            .map_err(|e| cluster_unreachable(&state, &e))?,
+        None => false,
     };
-    for l in &legs {
-        if let Err(e) = state.media.remove_leg(*l) {
-            tracing::warn!(leg = l, error = %e, "media plane did not remove a leg");
-        }
-    }
-    state.update_gauges();
+    let (consult_id, legs) = match state.remove_local(&id) {
+        Some((c, legs)) => (c.id, legs),
+        None if in_store => (id.clone(), Vec::new()),
+        None => return Err(ApiError::not_found("consult")),
+    };
     let mut e = AuditEvent::now(EventKind::ConsultEnded, &state.config.regions.name);
-    e.consult = Some(consult.id.clone());
+    e.consult = Some(consult_id.clone());
     e.remote = Some(peer.to_string());
     if let Some(c) = who {
         e.participant = Some(c.participant);
         e.role = Some(c.role);
     }
     state.record(&e).await;
-    state.consult_ended.notify_waiters();
-    tracing::info!(consult = %consult.id, legs = legs.len(), "consult ended");
+    tracing::info!(consult = %consult_id, legs = legs.len(), "consult ended");
     Ok(Json(
-        serde_json::json!({"id": consult.id, "ended": true, "legs_removed": legs.len()}),
+        serde_json::json!({"id": consult_id, "ended": true, "legs_removed": legs.len()}),
     ))
 }
 
@@ -746,13 +1132,24 @@ async fn issue_token(
             "participant must be 1-64 letters, digits, '-', '_' or '.'",
         ));
     }
-    if !state
+    let local = state
         .registry
         .lock()
         .expect("lock")
         .consults
-        .contains_key(&id)
-    {
+        .contains_key(&id);
+    // A pool shares its signing key: any appliance issues tokens for any
+    // consult of the pool.
+    let known = match (local, state.router()) {
+        (true, _) => true,
+        (false, Some(pool)) => pool
+            .record(&id)
+            .await
+            .map_err(|e| cluster_unreachable(&state, &e))?
+            .is_some(),
+        (false, None) => false,
+    };
+    if !known {
         return Err(ApiError::not_found("consult"));
     }
     let lifetime = state.live.lock().expect("lock").token_lifetime_secs;
@@ -819,6 +1216,7 @@ async fn signal(
             "the offer must be sent as application/sdp",
         ));
     }
+    state.ensure_local(&id).await?;
     let room = state
         .registry
         .lock()

@@ -57,6 +57,10 @@ pub enum EventKind {
     ConsultRefused,
     /// The overload level changed.
     OverloadLevel,
+    /// The pool re-placed a consult whose appliance left it.
+    ConsultMoved,
+    /// This appliance took a consult the pool placed on it.
+    ConsultAdopted,
 }
 
 /// One audit line.

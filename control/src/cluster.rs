@@ -207,30 +207,102 @@ impl EtcdClient {
 
     /// Every key starting with `prefix`.
     pub async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, ClusterError> {
+        self.list_at(prefix).await.map(|(kvs, _)| kvs)
+    }
+
+    /// Every key starting with `prefix`, and the store's revision the read
+    /// saw.
+    pub async fn list_at(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64), ClusterError> {
         let v = self
             .call(
                 "/v3/kv/range",
                 json!({ "key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(prefix)) }),
             )
             .await?;
-        let mut out = Vec::new();
-        for kv in v["kvs"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
-            let decode = |f: &str| {
-                kv[f]
-                    .as_str()
-                    .and_then(|s| B64.decode(s).ok())
-                    .unwrap_or_default()
-            };
-            out.push(KeyValue {
-                key: String::from_utf8_lossy(&decode("key")).into_owned(),
-                value: decode("value"),
-                mod_revision: int(&kv["mod_revision"]),
-                lease: int(&kv["lease"]),
-            });
-        }
-        Ok(out)
+        Ok((key_values(&v), int(&v["header"]["revision"])))
     }
 
+    /// One key, if it exists.
+    pub async fn get(&self, key: &str) -> Result<Option<KeyValue>, ClusterError> {
+        let v = self
+            .call("/v3/kv/range", json!({ "key": b64(key.as_bytes()) }))
+            .await?;
+        Ok(key_values(&v).into_iter().find(|kv| kv.key == key))
+    }
+
+    /// Writes every `(key, value)` of `puts` in one transaction if, and only
+    /// if, each `(key, mod_revision)` of `unchanged` still holds (0: the key
+    /// does not exist). The revision written at, or `None` if a compare
+    /// failed (someone else wrote first).
+    pub async fn put_if_unchanged(
+        &self,
+        unchanged: &[(&str, i64)],
+        puts: &[(&str, &[u8])],
+    ) -> Result<Option<i64>, ClusterError> {
+        let compare: Vec<Value> = unchanged
+            .iter()
+            .map(|(k, rev)| {
+                json!({ "key": b64(k.as_bytes()), "target": "MOD", "mod_revision": rev.to_string() })
+            })
+            .collect();
+        let success: Vec<Value> = puts
+            .iter()
+            .map(|(k, v)| json!({ "request_put": { "key": b64(k.as_bytes()), "value": b64(v) } }))
+            .collect();
+        let v = self
+            .call(
+                "/v3/kv/txn",
+                json!({ "compare": compare, "success": success }),
+            )
+            .await?;
+        Ok(v["succeeded"]
+            .as_bool()
+            .unwrap_or(false)
+            .then(|| int(&v["header"]["revision"])))
+    }
+
+    /// Deletes `key` if its last write is still `mod_revision`; whether it
+    /// did.
+    pub async fn delete_if_unchanged(
+        &self,
+        key: &str,
+        mod_revision: i64,
+    ) -> Result<bool, ClusterError> {
+        let k = b64(key.as_bytes());
+        let v = self
+            .call(
+                "/v3/kv/txn",
+                json!({
+                    "compare": [{ "key": k, "target": "MOD", "mod_revision": mod_revision.to_string() }],
+                    "success": [{ "request_delete_range": { "key": k } }],
+                }),
+            )
+            .await?;
+        Ok(v["succeeded"].as_bool().unwrap_or(false))
+    }
+}
+
+/// The key-values of a range response.
+fn key_values(v: &Value) -> Vec<KeyValue> {
+    let mut out = Vec::new();
+    for kv in v["kvs"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        let decode = |f: &str| {
+            kv[f]
+                .as_str()
+                .and_then(|s| B64.decode(s).ok())
+                .unwrap_or_default()
+        };
+        out.push(KeyValue {
+            key: String::from_utf8_lossy(&decode("key")).into_owned(),
+            value: decode("value"),
+            mod_revision: int(&kv["mod_revision"]),
+            lease: int(&kv["lease"]),
+        });
+    }
+    out
+}
+
+impl EtcdClient {
     /// Deletes `key`; whether it existed.
     pub async fn delete(&self, key: &str) -> Result<bool, ClusterError> {
         let v = self

@@ -19,6 +19,7 @@ pub mod overload;
 pub mod participant;
 pub mod placement;
 pub mod plan;
+pub mod pool;
 pub mod sdp;
 pub mod server;
 pub mod session;

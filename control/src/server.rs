@@ -249,10 +249,35 @@ pub fn spawn_pool_registration(
     }
     let membership = crate::cluster::PoolMembership::new();
     state.join_pool(membership.clone());
+    let pool = Arc::new(crate::pool::Pool::new(state.config()).map_err(std::io::Error::other)?);
+    state.route_through(pool.clone());
     let record_state = state.clone();
-    crate::cluster::spawn_registration(cluster, membership, move || record_state.pool_record())
-        .map(Some)
-        .map_err(std::io::Error::other)
+    let registration =
+        crate::cluster::spawn_registration(cluster, membership, move || record_state.pool_record())
+            .map_err(std::io::Error::other)?;
+    let upkeep_state = state.clone();
+    let upkeep = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(pool.period());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = upkeep_state.pool_upkeep().await {
+                tracing::warn!(error = %e, "pool upkeep skipped");
+            }
+        }
+    });
+    // One handle for both: aborting it stops the upkeep as well.
+    Ok(Some(tokio::spawn(async move {
+        struct AbortOnDrop(tokio::task::JoinHandle<()>);
+        impl Drop for AbortOnDrop {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
+        let _upkeep = AbortOnDrop(upkeep);
+        let mut registration = AbortOnDrop(registration);
+        let _ = (&mut registration.0).await;
+    })))
 }
 
 /// Waits until the drain says to exit; returns the consults still open.

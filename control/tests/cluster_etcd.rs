@@ -222,8 +222,22 @@ async fn appliance_registers_under_a_lease_and_stops_admitting_without_etcd() {
     println!("etcd unreachable: admission stopped after {took:?} (lease TTL {TTL_SECS} s)");
     let (_, body) = create_consult(&http, &base).await;
     assert_eq!(body["error"], "cluster_unreachable", "{body}");
-    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
-    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // The router needs etcd for every placement, so creates fail at once;
+    // readiness follows the lease: out of the pool once it has lapsed.
+    let started = Instant::now();
+    loop {
+        let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+        if ready.status() == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(TTL_SECS) + BOUND,
+            "readyz still {} after the lease TTL plus {BOUND:?}",
+            ready.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("etcd unreachable: readyz 503 after {:?}", started.elapsed());
 
     // etcd back: registered again under a new lease, admitting again.
     let etcd = Etcd::start(dir.join("etcd"), client_port, peer_port);

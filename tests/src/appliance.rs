@@ -227,8 +227,21 @@ impl Appliance {
     }
 }
 
+impl Appliance {
+    /// Kills the appliance at once (SIGKILL), as a power cut or a crash
+    /// would: no drain, no goodbye to the pool.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Appliance {
     fn drop(&mut self) {
+        // Already gone (killed or exited): the pid may no longer be ours.
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
         let pid = self.child.id() as libc::pid_t;
         // SAFETY: signalling our own child, still unreaped (so the pid is ours).
         unsafe { libc::kill(pid, libc::SIGTERM) };

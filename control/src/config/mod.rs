@@ -273,6 +273,9 @@ pub struct ClusterConfig {
     pub lease_ttl_secs: u64,
     /// Prefix of every key the pool writes.
     pub prefix: String,
+    /// Egress one consult adds to the box carrying it, bit/s: what the
+    /// router books for a placement until the box's measured load shows it.
+    pub consult_egress_bps: u64,
 }
 
 impl Default for ClusterConfig {
@@ -282,6 +285,7 @@ impl Default for ClusterConfig {
             name: String::new(),
             lease_ttl_secs: 5,
             prefix: "/switchboard/".to_owned(),
+            consult_egress_bps: 3_100_000,
         }
     }
 }
@@ -485,6 +489,23 @@ impl Config {
                     "with cluster.etcd set, give the appliance a unique name of 1-63 letters, digits, '-', '_' or '.'",
                 ));
             }
+            // The router finds a box's region through the map.
+            if let Some(home) = self
+                .regions
+                .region
+                .iter()
+                .find(|r| r.name == self.regions.name)
+            {
+                if !home.appliances.iter().any(|a| a == name) {
+                    return Err(invalid(
+                        "cluster.name",
+                        "with a region map, the appliance's name must be one of the appliances of its region (regions.name)",
+                    ));
+                }
+            }
+        }
+        if self.cluster.consult_egress_bps == 0 {
+            return Err(invalid("cluster.consult_egress_bps", "must be above 0"));
         }
         if !(2..=300).contains(&self.cluster.lease_ttl_secs) {
             return Err(invalid(
@@ -683,6 +704,12 @@ mod tests {
             ),
             ("[cluster]\nlease_ttl_secs = 1\n", "cluster.lease_ttl_secs"),
             ("[cluster]\nprefix = \"switchboard\"\n", "cluster.prefix"),
+            ("[cluster]\nconsult_egress_bps = 0\n", "cluster.consult_egress_bps"),
+            (
+                "[regions]\nname = \"r\"\n[[regions.region]]\nname = \"r\"\njurisdictions = [\"eu\"]\n\
+                 appliances = [\"b\"]\n[cluster]\netcd = [\"http://198.18.0.10:2379\"]\nname = \"a\"\n",
+                "cluster.name",
+            ),
         ] {
             assert_eq!(err(text).key(), key, "{text}");
         }

@@ -15,11 +15,15 @@
 //!    G.114) first, then those whose estimate is unknown, then those over
 //!    it; ties go to this appliance's own region, then by name.
 //! 3. **Load**: in the first candidate region with an appliance admitting
-//!    new consults (overload level below 4), the consult goes to the box
-//!    with the lowest level, then the lowest load after adding the consult
-//!    (percent of its practical ceiling). A region whose boxes are all at
-//!    level 4, or that has none reporting, is skipped: the consult spills
-//!    to the next allowed region, and the placement says why.
+//!    new consults (overload level below 4) and able to hold it (its load
+//!    after adding the consult at most [`THEORETICAL_LIMIT_PERCENT`] of its
+//!    practical ceiling: past the practical ceiling the overload ladder
+//!    sheds video, past the theoretical one nothing more fits), the consult
+//!    goes to the box with the lowest level, then the lowest load after
+//!    adding the consult (percent of its practical ceiling). A region whose
+//!    boxes are all at level 4 or full, or that has none reporting, is
+//!    skipped: the consult spills to the next allowed region, and the
+//!    placement says why.
 //!
 //! [`warm_headroom`] reports the boxes each region needs for the current
 //! and the forecast peak, so operators scale ahead of the rush.
@@ -34,6 +38,11 @@ use serde::Serialize;
 
 use crate::config::{ConfigError, Prefix, RegionsConfig};
 use crate::overload::admits_new_consults;
+
+/// The load, in percent of a box's practical ceiling, no placement may
+/// take it past: its theoretical ceiling, the practical one being half of
+/// it.
+pub const THEORETICAL_LIMIT_PERCENT: f64 = 200.0;
 
 /// One region of the map.
 #[derive(Debug, Clone, PartialEq)]
@@ -284,6 +293,17 @@ impl RegionMap {
         &self.regions
     }
 
+    /// The same map seen from `region` (ties and spills rank regions by
+    /// their latency from it), e.g. to re-place the consults of a region
+    /// that went dark with its neighbours first. `None` if the map has no
+    /// such region.
+    pub fn seen_from(&self, region: &str) -> Option<Self> {
+        self.regions.iter().any(|r| r.name == region).then(|| Self {
+            home: region.to_owned(),
+            ..self.clone()
+        })
+    }
+
     /// Whether a region map is configured at all.
     pub fn is_empty(&self) -> bool {
         self.regions.is_empty()
@@ -478,6 +498,7 @@ pub fn place(
     for (region, latency) in candidates {
         let mut reported = 0usize;
         let mut at_level_4 = 0usize;
+        let mut full = 0usize;
         let mut best: Option<(&ApplianceLoad, f64)> = None;
         for a in &region.appliances {
             let Some(load) = loads.iter().find(|l| &l.name == a) else {
@@ -489,6 +510,10 @@ pub fn place(
                 continue;
             }
             let after = load.load_percent_with(req.egress_bps);
+            if after > THEORETICAL_LIMIT_PERCENT {
+                full += 1;
+                continue;
+            }
             let better = match best {
                 None => true,
                 Some((b, b_after)) => (load.level, after, &load.name) < (b.level, b_after, &b.name),
@@ -505,10 +530,15 @@ pub fn place(
                     "none of its {} appliance(s) reports its load",
                     region.appliances.len()
                 )
-            } else {
+            } else if full == 0 {
                 format!(
                     "all {at_level_4} reporting appliance(s) at overload level 4, admitting no \
                      new consults"
+                )
+            } else {
+                format!(
+                    "no headroom: {full} reporting appliance(s) would pass their theoretical \
+                     ceiling with this consult, {at_level_4} at overload level 4"
                 )
             };
             skipped.push(SkippedRegion {
