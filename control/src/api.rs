@@ -17,6 +17,7 @@
 //! | `GET /v1/admin/overload` | admin | 200 |
 //! | `PUT /v1/admin/overload` | admin | 200, 400 |
 //! | `GET /v1/admin/stats` | admin | 200 |
+//! | `GET /v1/admin/pool` | admin | 200, 400, 401, 404 (not in a pool), 503 |
 //!
 //! RFC 9725 §4.3.1: a WHIP session that supports neither trickle ICE nor ICE
 //! restarts answers PATCH with 405. This appliance is ICE-lite with public
@@ -691,6 +692,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/admin/overload", get(get_overload).put(put_overload))
         .route("/v1/admin/stats", get(stats))
+        .route("/v1/admin/pool", get(pool_report))
         .merge(crate::web::router())
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -1502,6 +1504,81 @@ async fn put_overload(
         state.level_changed(c).await;
     }
     Ok(Json(overload_view(&state)))
+}
+
+/// `GET /v1/admin/pool?surge=1.5&spare=1&forecast=REGION:N,...`: the pool's
+/// live appliances, its consults by appliance, and the warm headroom each
+/// region needs now, at the forecast peak and at the surge.
+async fn pool_report(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<BTreeMap<String, String>>,
+) -> ApiResult<Json<serde_json::Value>> {
+    state.require_admin(&headers)?;
+    let Some(pool) = state.router().cloned() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_in_a_pool",
+            "cluster.etcd is not set: this appliance is not in a pool",
+        ));
+    };
+    let bad = |what: &str| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", what.to_owned());
+    let number = |key: &str, default: f64| -> ApiResult<f64> {
+        match query.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite() && *x >= 0.0)
+                .ok_or_else(|| bad(&format!("{key} must be a number >= 0"))),
+        }
+    };
+    let surge = number("surge", 1.5)?;
+    let spare = number("spare", 1.0)?.min(1000.0) as u32;
+    let mut forecast = BTreeMap::new();
+    for item in query.get("forecast").map_or("", String::as_str).split(',') {
+        if item.is_empty() {
+            continue;
+        }
+        let (region, n) = item
+            .split_once(':')
+            .and_then(|(r, n)| {
+                Some((
+                    r,
+                    n.parse::<f64>()
+                        .ok()
+                        .filter(|x| x.is_finite() && *x >= 0.0)?,
+                ))
+            })
+            .ok_or_else(|| bad("forecast is REGION:CONSULTS[,REGION:CONSULTS...]"))?;
+        forecast.insert(region.to_owned(), n);
+    }
+    let snap = pool
+        .snapshot()
+        .await
+        .map_err(|e| cluster_unreachable(&state, &e))?;
+    let mut by_appliance: BTreeMap<String, usize> = BTreeMap::new();
+    let mut unplaced = 0usize;
+    for (c, _) in &snap.consults {
+        match &c.appliance {
+            Some(a) => *by_appliance.entry(a.clone()).or_default() += 1,
+            None => unplaced += 1,
+        }
+    }
+    // Consults a box holds at its practical ceiling.
+    let per_box = state.config.overload.egress_ceiling_bps as f64
+        / state.config.cluster.consult_egress_bps as f64;
+    let headroom = pool
+        .map()
+        .and_then(|m| crate::pool::headroom(m, &snap, &forecast, per_box, surge, spare));
+    Ok(Json(serde_json::json!({
+        "appliances": snap.appliances,
+        "consults_by_appliance": by_appliance,
+        "unplaced": unplaced,
+        "consults_per_box": per_box,
+        "surge_factor": surge,
+        "headroom": headroom,
+    })))
 }
 
 async fn stats(

@@ -238,6 +238,38 @@ pub fn route(
     })
 }
 
+/// Warm headroom over the pool: each region's concurrent consults now (the
+/// placements in `snap`), its forecast peak (`forecast`, by region; the
+/// current count where none is given), and the boxes it needs for both
+/// and for the forecast × `surge_factor`, at `per_box` consults per box
+/// plus `spare` boxes. `None` if `per_box` is not above 0.
+pub fn headroom(
+    map: &RegionMap,
+    snap: &Snapshot,
+    forecast: &BTreeMap<String, f64>,
+    per_box: f64,
+    surge_factor: f64,
+    spare: u32,
+) -> Option<Vec<placement::RegionHeadroom>> {
+    let demand: Vec<placement::RegionDemand> = map
+        .regions()
+        .iter()
+        .map(|r| {
+            let current = snap
+                .consults
+                .iter()
+                .filter(|(c, _)| c.region.as_deref() == Some(r.name.as_str()))
+                .count() as f64;
+            placement::RegionDemand {
+                region: r.name.clone(),
+                current,
+                forecast_peak: forecast.get(&r.name).copied().unwrap_or(current),
+            }
+        })
+        .collect();
+    placement::warm_headroom(map, &demand, per_box, surge_factor, spare)
+}
+
 fn now_rfc3339() -> String {
     crate::audit::rfc3339_utc(SystemTime::now())
 }
@@ -405,6 +437,11 @@ impl Pool {
         Ok(kv
             .and_then(|kv| serde_json::from_slice::<ApplianceRecord>(&kv.value).ok())
             .map(|a| a.api))
+    }
+
+    /// The region map the router places with, if any.
+    pub fn map(&self) -> Option<&RegionMap> {
+        self.map.as_ref()
     }
 
     /// Deletes consult `id`'s record; whether it existed.
@@ -588,6 +625,51 @@ mod tests {
         )
         .unwrap();
         RegionMap::from_config(&c.regions).unwrap()
+    }
+
+    #[test]
+    fn headroom_counts_placements_by_region() {
+        let map = two_region_map();
+        let mut snap = Snapshot::default();
+        for (i, region) in ["de-fra", "de-fra", "de-fra", "fr-par"].iter().enumerate() {
+            let mut c = consult(&i.to_string(), Some("a"));
+            c.region = Some((*region).to_owned());
+            snap.consults.push((
+                c,
+                KeyValue {
+                    key: String::new(),
+                    value: Vec::new(),
+                    mod_revision: 1,
+                    lease: 0,
+                },
+            ));
+        }
+        let forecast = BTreeMap::from([("fr-par".to_owned(), 9.0)]);
+        let h = headroom(&map, &snap, &forecast, 2.0, 1.5, 1).unwrap();
+        let de = &h[0];
+        // 3 now → 2 + 1 spare; no forecast: 3 → 2 + 1; surge 4.5 → 3 + 1.
+        assert_eq!(
+            (
+                de.region.as_str(),
+                de.boxes_now,
+                de.boxes_forecast,
+                de.boxes_surge
+            ),
+            ("de-fra", 3, 3, 4)
+        );
+        assert_eq!(de.shortfall, 2);
+        let fr = &h[1];
+        // 1 now; forecast 9 → 5 + 1; surge 13.5 → 7 + 1, one declared.
+        assert_eq!(
+            (
+                fr.boxes_now,
+                fr.boxes_forecast,
+                fr.boxes_surge,
+                fr.shortfall
+            ),
+            (2, 6, 8, 7)
+        );
+        assert!(headroom(&map, &snap, &forecast, 0.0, 1.5, 1).is_none());
     }
 
     #[test]

@@ -319,6 +319,33 @@ fn pool_places_fails_over_and_never_double_places() {
         "bookings"
     );
     println!("race: 6 routers' creates for 2 free slots, {won} placed, 4 refused (no room)");
+    // The pool report: where consults run and the boxes each region needs
+    // at the practical ceiling (10/9 of a consult per box here), one spare.
+    let r = get(
+        &boxes[2],
+        "/v1/admin/pool?surge=1.5&forecast=de-fra:10",
+        ADMIN_TOKEN,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let report = r.json().unwrap();
+    assert_eq!(
+        report["appliances"].as_array().unwrap().len(),
+        3,
+        "{report}"
+    );
+    assert_eq!(report["consults_by_appliance"]["box-3"], 1, "{report}");
+    let de_fra = &report["headroom"][0];
+    assert_eq!(de_fra["region"], "de-fra", "{report}");
+    assert_eq!(de_fra["current"], 4.0);
+    // 10 forecast → 9 + 1 boxes; 15 at the surge → 14 + 1; two declared.
+    assert_eq!(
+        (
+            de_fra["boxes_forecast"].as_u64(),
+            de_fra["boxes_surge"].as_u64()
+        ),
+        (Some(10), Some(15))
+    );
+    assert_eq!(de_fra["shortfall"], 13);
     let de_on_x: String = ids
         .iter()
         .find(|id| {
