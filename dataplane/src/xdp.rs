@@ -423,7 +423,10 @@ impl XdpIngress {
             });
         }
         let values = spec::flow_values(&flow, action)?;
-        if values.flow.fanout == 1 && !self.egress.contains(&values.flow.dest.ifindex) {
+        // XDP redirects a single destination through the egress map; TC
+        // (several destinations, trunks) clones to any interface.
+        let through_xdp = values.flow.fanout == 1 && values.flow.pass_up == 0;
+        if through_xdp && !self.egress.contains(&values.flow.dest.ifindex) {
             return Err(XdpError::EgressNotRegistered(values.flow.dest.ifindex));
         }
         let key = flow.key();

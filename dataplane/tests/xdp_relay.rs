@@ -572,6 +572,47 @@ fn ttl_and_hop_limit_expiry_is_dropped_and_counted() {
 }
 
 #[test]
+fn trunk_flows_go_to_tc_untouched_whatever_their_ttl() {
+    if !privileged_or_skip() {
+        return;
+    }
+    let mut xdp = relay_ingress(true);
+    // One trunk destination on an interface that is no XDP egress: TC
+    // clones to it, so no egress registration is needed.
+    let trunk = RelayTarget {
+        ifindex: 9999,
+        ..target(EGRESS4, RECEIVER4)
+    };
+    xdp.set_flow(
+        FlowMatch {
+            remote: sock(SENDER4),
+            local_port: MEDIA_PORT,
+        },
+        &FlowAction::UserspaceAndTrunks(vec![trunk]),
+    )
+    .expect("trunk flow");
+    let media = Datagram::new(SENDER4, LOCAL4, rtp(5, 1, None, b"published"));
+    assert_passed_untouched(&mut xdp, &media.frame(), "trunk flow");
+    // The leg ends here too: an expiring TTL still reaches the worker.
+    let mut last_hop = media.clone();
+    last_hop.ttl = 1;
+    assert_passed_untouched(&mut xdp, &last_hop.frame(), "trunk flow at TTL 1");
+    let c = xdp.counters().expect("counters");
+    assert_eq!((c.to_fanout, c.drop_ttl, c.forwarded()), (2, 0, 0), "{c:?}");
+    assert_balanced(&c);
+    let err = xdp
+        .set_flow(
+            FlowMatch {
+                remote: sock(SENDER4),
+                local_port: MEDIA_PORT,
+            },
+            &FlowAction::UserspaceAndTrunks(vec![]),
+        )
+        .unwrap_err();
+    assert!(matches!(err, XdpError::NoDestinations), "{err}");
+}
+
+#[test]
 fn userspace_legs_and_fanout_flows_are_passed_up_untouched() {
     if !privileged_or_skip() {
         return;

@@ -82,6 +82,11 @@ pub enum FlowAction {
     ToUserspace,
     /// Relay byte for byte: one destination in XDP, several through the TC fan-out.
     Relay(Vec<RelayTarget>),
+    /// Cascading: the leg is terminated here (its packets go up to the
+    /// worker, unchanged) and a rewritten copy of each, still encrypted as
+    /// the sender sent it, goes to every target (one trunk per downstream
+    /// appliance), through the TC fan-out.
+    UserspaceAndTrunks(Vec<RelayTarget>),
 }
 
 /// The map values for one flow: the flow itself and, for several
@@ -103,8 +108,9 @@ pub(super) fn flow_values(flow: &FlowMatch, action: &FlowAction) -> Result<FlowV
                 fanout: None,
             })
         }
-        FlowAction::Relay(targets) => targets,
+        FlowAction::Relay(targets) | FlowAction::UserspaceAndTrunks(targets) => targets,
     };
+    let pass_up = matches!(action, FlowAction::UserspaceAndTrunks(_));
     if targets.is_empty() {
         return Err(XdpError::NoDestinations);
     }
@@ -137,10 +143,13 @@ pub(super) fn flow_values(flow: &FlowMatch, action: &FlowAction) -> Result<FlowV
         // Bounded by MAX_FANOUT (16) above.
         fanout: targets.len() as u8,
         ipv6: u8::from(!v4),
-        _pad: [0; 5],
+        pass_up: u8::from(pass_up),
+        _pad: [0; 4],
         dest: targets[0].to_dest(&key),
     };
-    let fanout = (targets.len() > 1).then(|| {
+    // A trunk always takes the TC path (XDP cannot both pass a frame up
+    // and send a copy), which reads its destinations from the fan-out map.
+    let fanout = (targets.len() > 1 || pass_up).then(|| {
         let mut fan = Fanout::default();
         for (slot, target) in fan.dests.iter_mut().zip(targets) {
             *slot = target.to_dest(&key);

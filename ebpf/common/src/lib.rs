@@ -377,7 +377,12 @@ pub struct Flow {
     /// Non-zero if the flow's sender is IPv6 (its destinations are too).
     /// Packets of the other family never match the flow's rewrite.
     pub ipv6: u8,
-    pub _pad: [u8; 5],
+    /// Non-zero for a cascading trunk: the leg is also terminated here, so
+    /// the TC program sends the rewritten copies to the destinations (the
+    /// downstream appliances, from the fan-out map whatever their number)
+    /// and then passes the original, unchanged, up to the worker's socket.
+    pub pass_up: u8,
+    pub _pad: [u8; 4],
     /// The destination when `fanout` is 1.
     pub dest: RelayDest,
 }

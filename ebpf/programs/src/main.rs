@@ -625,6 +625,11 @@ fn ingress_at<const V6: bool, const L3: usize>(ctx: &XdpContext, state: &Ingress
     if flow.action != FLOW_RELAY {
         return Outcome::DropNoEgress;
     }
+    // A trunk: TC copies it to the downstream appliances and passes the
+    // original up (whatever its TTL: this box is its destination too).
+    if flow.pass_up != 0 {
+        return Outcome::ToFanout;
+    }
     let Some(ttl) = load::<u8, XdpContext>(ctx, L3 + if V6 { 7 } else { 8 }) else {
         return malformed;
     };
@@ -848,8 +853,9 @@ fn rewrite<const V6: bool, const L3: usize>(
 }
 
 /// Fans a multi-destination relay flow out: one rewritten copy per
-/// destination with `bpf_clone_redirect`, then the original is consumed.
-/// Anything else continues up the stack untouched.
+/// destination with `bpf_clone_redirect`, then the original is consumed, or,
+/// for a cascading trunk ([`Flow::pass_up`]), restored and passed up to the
+/// worker's socket. Anything else continues up the stack untouched.
 #[classifier]
 pub fn switchboard_tc_fanout(ctx: TcContext) -> i32 {
     let pull = if ctx.len() < TC_PULL_LEN {
@@ -874,26 +880,43 @@ pub fn switchboard_tc_fanout(ctx: TcContext) -> i32 {
     let Some(flow) = flow_of(&u).map(|f| unsafe { *f }) else {
         return TC_ACT_OK as i32;
     };
-    if flow.action != FLOW_RELAY || flow.fanout < 2 {
+    let pass_up = flow.pass_up != 0;
+    if flow.action != FLOW_RELAY || (flow.fanout < 2 && !pass_up) {
         return TC_ACT_OK as i32;
     }
+    let done = if pass_up { TC_ACT_OK } else { TC_ACT_SHOT } as i32;
     // The header fields a rewrite replaces, as they arrived: every copy is
     // computed from these, since each rewrite overwrites the previous one.
     let Some(p) = bounds(&ctx, u.l4 + UDP_HDR_LEN) else {
         return TC_ACT_OK as i32;
     };
-    // SAFETY (all three): the frame holds the headers through UDP.
+    // SAFETY (all): the frame holds the headers through UDP.
     let ttl = unsafe { rd::<u8>(p + u.l3 + if u.v6 { 7 } else { 8 }) };
     let ip_csum = unsafe { rd::<u16>(p + u.l3 + 10) };
     let udp_csum = unsafe { rd::<u16>(p + u.l4 + 6) };
+    // What a trunk's copies overwrite, to put back before the original goes up.
+    let saved = unsafe {
+        Saved {
+            mac: rd(p),
+            addrs: if u.v6 {
+                rd(p + u.l3 + 8)
+            } else {
+                [rd::<u64>(p + u.l3 + 12), 0, 0, 0]
+            },
+            ports: rd(p + u.l4),
+        }
+    };
     // The XDP program already dropped these; a frame that reaches TC some
     // other way must not be forwarded either.
     if ttl <= 1 {
-        return TC_ACT_SHOT as i32;
+        if pass_up {
+            bump(|c| c.clone_failed += flow.fanout as u64);
+        }
+        return done;
     }
     let Some(fan) = FANOUT.get_ptr(key) else {
         bump(|c| c.clone_failed += flow.fanout as u64);
-        return TC_ACT_SHOT as i32;
+        return done;
     };
     // No translation between IP versions (see the XDP program).
     let same_family = (flow.ipv6 != 0) == u.v6;
@@ -921,7 +944,42 @@ pub fn switchboard_tc_fanout(ctx: TcContext) -> i32 {
             }
         });
     }
-    TC_ACT_SHOT as i32
+    if pass_up && !tc_restore(&ctx, &u, &orig, &saved) {
+        // Half-restored headers must not reach the worker as if intact.
+        bump(|c| c.clone_failed += 1);
+        return TC_ACT_SHOT as i32;
+    }
+    done
+}
+
+/// The header bytes a rewrite replaces besides TTL and checksums.
+struct Saved {
+    /// Destination and source MAC.
+    mac: [u8; 12],
+    /// Source and destination address: 32 bytes for IPv6, the first 8 for
+    /// IPv4.
+    addrs: [u64; 4],
+    /// Source and destination port.
+    ports: [u8; 4],
+}
+
+/// Puts the headers of a trunk's original back as they arrived, after the
+/// copies were rewritten in the same skb.
+#[inline(always)]
+fn tc_restore(ctx: &TcContext, u: &Udp, orig: &Original, saved: &Saved) -> bool {
+    let f = BPF_F_RECOMPUTE_CSUM;
+    let ok_ip = if u.v6 {
+        ctx.store(u.l3 + 7, &[orig.ttl], f).is_ok() && ctx.store(u.l3 + 8, &saved.addrs, f).is_ok()
+    } else {
+        let c = orig.ip_csum.to_ne_bytes();
+        ctx.store(u.l3 + 8, &[orig.ttl, IPPROTO_UDP, c[0], c[1]], f)
+            .is_ok()
+            && ctx.store(u.l3 + 12, &saved.addrs[0], f).is_ok()
+    };
+    ctx.store(0, &saved.mac, f).is_ok()
+        && ok_ip
+        && ctx.store(u.l4, &saved.ports, f).is_ok()
+        && ctx.store(u.l4 + 6, &orig.udp_csum.to_ne_bytes(), f).is_ok()
 }
 
 /// The header fields a TC rewrite replaces, as they arrived.
