@@ -114,7 +114,9 @@ impl Plan {
         Self {
             name: "full",
             xdp_secs: 5.0,
-            rounds: 5,
+            // A median of nine same-round ratios: on a shared machine a
+            // few disturbed rounds must not decide it.
+            rounds: 9,
             slices: 5,
             trial_secs: 3.0,
             bisect_steps: 4,

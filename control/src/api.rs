@@ -77,6 +77,17 @@ pub struct Consult {
     /// Where the pool placed it (pools on etcd only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pool: Option<PoolView>,
+    /// On a downstream copy of a cascaded consult: the origin appliance.
+    /// Its publishers arrive over a trunk; participants publish at the
+    /// origin and subscribe here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// At the origin: the appliances the consult is cascaded to.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub downstream: Vec<String>,
+    /// The trunks to the downstream appliances.
+    #[serde(skip)]
+    trunks: Vec<dataplane::xdp::RelayTarget>,
     #[serde(skip)]
     room: u32,
     /// The pool store's revision when this box took the consult.
@@ -415,6 +426,9 @@ impl AppState {
                 pool: None,
                 room: reg.next_room,
                 pool_revision: revision,
+                origin: None,
+                downstream: Vec::new(),
+                trunks: Vec::new(),
             };
             reg.consults.insert(c.id.clone(), c);
         }
@@ -522,7 +536,16 @@ impl AppState {
         // Only consults taken before the read are judged by it.
         let stale: Vec<(String, String)> = {
             let reg = self.registry.lock().expect("lock");
-            reg.consults
+            // A downstream copy lives as long as its consult does.
+            let ended_at_origin = reg
+                .consults
+                .values()
+                .filter(|c| c.origin.is_some() && !snap.consults.iter().any(|(r, _)| r.id == c.id));
+            let mut stale: Vec<(String, String)> = ended_at_origin
+                .map(|c| (c.id.clone(), "ended at its origin".to_owned()))
+                .collect();
+            let moved = reg
+                .consults
                 .values()
                 .filter(|c| c.pool_revision > 0 && c.pool_revision <= snap.revision)
                 .filter_map(|c| {
@@ -535,8 +558,9 @@ impl AppState {
                         }
                         None => Some((c.id.clone(), "ended on another appliance".to_owned())),
                     }
-                })
-                .collect()
+                });
+            stale.extend(moved);
+            stale
         };
         for (id, why) in stale {
             if let Some((_, legs)) = self.remove_local(&id) {
@@ -686,6 +710,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/consults/{id}/tokens", post(issue_token))
         .route("/v1/consults/{id}/whip", post(whip))
         .route("/v1/consults/{id}/whep", post(whep))
+        .route("/v1/consults/{id}/cascade", post(cascade_consult))
+        .route("/v1/consults/{id}/trunk", post(accept_trunk))
+        .route("/v1/consults/{id}/keyframe", post(request_keyframe))
         .route(
             "/v1/legs/{id}",
             axum::routing::delete(delete_leg).patch(patch_leg),
@@ -869,6 +896,9 @@ async fn create_in_pool(
         pool: Some(view),
         room: 0,
         pool_revision: placed.revision,
+        origin: None,
+        downstream: Vec::new(),
+        trunks: Vec::new(),
     };
     let mut e = AuditEvent::now(EventKind::ConsultCreated, &state.config.regions.name);
     e.consult = Some(consult.id.clone());
@@ -982,6 +1012,9 @@ async fn create_consult(
             pool: None,
             room: reg.next_room,
             pool_revision: 0,
+            origin: None,
+            downstream: Vec::new(),
+            trunks: Vec::new(),
         };
         reg.consults.insert(c.id.clone(), c.clone());
         c
@@ -1066,6 +1099,9 @@ async fn get_consult(
             pool: Some(view),
             room: 0,
             pool_revision: 0,
+            origin: None,
+            downstream: Vec::new(),
+            trunks: Vec::new(),
         },
     };
     Ok(Json(consult))
@@ -1219,14 +1255,21 @@ async fn signal(
         ));
     }
     state.ensure_local(&id).await?;
-    let room = state
+    let (room, origin) = state
         .registry
         .lock()
         .expect("lock")
         .consults
         .get(&id)
-        .map(|c| c.room)
+        .map(|c| (c.room, c.origin.clone()))
         .ok_or_else(|| ApiError::not_found("consult"))?;
+    if let (Some(origin), LegDirection::Publish) = (origin.clone(), direction) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "downstream_copy",
+            format!("this appliance carries a cascaded copy of the consult; publish at its origin, {origin}"),
+        ));
+    }
     let offer = std::str::from_utf8(&body)
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_sdp", "the offer is not UTF-8"))?;
     // The room's worker owns one port; every leg of the room uses it.
@@ -1338,6 +1381,9 @@ async fn signal(
         if let Err(e) = state.media.subscribe(s, p) {
             tracing::warn!(subscriber = s, publisher = p, error = %e, "subscribe failed");
         }
+    }
+    if let Some(origin) = &origin {
+        keyframes_from_origin(&state, &id, origin);
     }
     state.apply_caps();
     state.update_gauges();
@@ -1504,6 +1550,447 @@ async fn put_overload(
         state.level_changed(c).await;
     }
     Ok(Json(overload_view(&state)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CascadeTo {
+    appliance: String,
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn unb64(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(text).ok()
+}
+
+/// `POST /v1/consults/{id}/cascade {"appliance": NAME}` at the origin:
+/// opens a trunk to appliance NAME of the pool, which then serves the
+/// consult's subscribers there from one copy of each publisher's stream.
+async fn cascade_consult(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    use crate::cascade::{profile_name, TrunkAccepted, TrunkPublisher, TrunkRequest};
+    state.require_admin(&headers)?;
+    let req: CascadeTo = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+    let Some(pool) = state.router().cloned() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_in_a_pool",
+            "cascading spans the appliances of a pool; cluster.etcd is not set",
+        ));
+    };
+    if req.appliance == pool.name() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "a consult cannot be cascaded to the appliance carrying it",
+        ));
+    }
+    state.ensure_local(&id).await?;
+    let conflict = |reason: String| ApiError::new(StatusCode::CONFLICT, "cannot_cascade", reason);
+    let snap = pool
+        .snapshot()
+        .await
+        .map_err(|e| cluster_unreachable(&state, &e))?;
+    let target = snap.appliance(&req.appliance).cloned().ok_or_else(|| {
+        conflict(format!(
+            "appliance {} is not live in the pool",
+            req.appliance
+        ))
+    })?;
+    let media_ip: std::net::IpAddr = target
+        .media
+        .first()
+        .and_then(|m| m.parse().ok())
+        .ok_or_else(|| {
+            conflict(format!(
+                "appliance {} advertises no media address",
+                target.name
+            ))
+        })?;
+    let (room, priority, residency, publisher_legs) = {
+        let reg = state.registry.lock().expect("lock");
+        let c = reg
+            .consults
+            .get(&id)
+            .ok_or_else(|| ApiError::not_found("consult"))?;
+        if let Some(origin) = &c.origin {
+            return Err(conflict(format!(
+                "this is a downstream copy; cascade at the origin, {origin}"
+            )));
+        }
+        let legs: Vec<(LegId, Leg)> = c
+            .legs
+            .iter()
+            .filter_map(|l| reg.legs.get(l).map(|x| (*l, x.clone())))
+            .filter(|(_, l)| l.direction == LegDirection::Publish)
+            .collect();
+        (c.room, c.priority, c.residency.clone(), legs)
+    };
+    let mut publishers = Vec::new();
+    let mut trunked_legs = Vec::new();
+    for (leg, l) in publisher_legs {
+        let Some(t) = state.media.leg_transport(leg) else {
+            continue;
+        };
+        trunked_legs.push(leg);
+        publishers.push(TrunkPublisher {
+            participant: l.participant.clone(),
+            role: l.role,
+            negotiated: l.negotiated.clone(),
+            profile: profile_name(t.keys.profile).to_owned(),
+            key: b64(t.keys.remote.key()),
+            salt: b64(t.keys.remote.salt()),
+        });
+    }
+    if publishers.is_empty() {
+        return Err(conflict(
+            "no publisher of the consult carries media yet".into(),
+        ));
+    }
+    let port = state
+        .media
+        .media_port(room)
+        .unwrap_or_else(|| state.config.media.port_min + (room % u32::from(state.workers)) as u16);
+    let probe = SocketAddr::new(media_ip, port);
+    let route =
+        tokio::task::spawn_blocking(move || crate::cascade::resolve(probe, Duration::from_secs(1)))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?
+            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "no_trunk_route", e.to_string()))?;
+    let source = SocketAddr::new(route.local_ip.into(), port);
+    let request = TrunkRequest {
+        origin: pool.name().to_owned(),
+        priority,
+        residency,
+        source,
+        publishers,
+    };
+    let downstream_error =
+        |reason: String| ApiError::new(StatusCode::BAD_GATEWAY, "downstream_refused", reason);
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v1/consults/{id}/trunk", target.api))
+        .bearer_auth(&state.admin_token)
+        .timeout(Duration::from_secs(5))
+        .json(&request)
+        .send()
+        .await
+        .map_err(|e| downstream_error(format!("{}: {e}", target.name)))?;
+    if !response.status().is_success() {
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        return Err(downstream_error(format!(
+            "{}: {status} {text}",
+            target.name
+        )));
+    }
+    let accepted: TrunkAccepted = response
+        .json()
+        .await
+        .map_err(|e| downstream_error(format!("{}: {e}", target.name)))?;
+    let trunk = dataplane::xdp::RelayTarget {
+        ifindex: route.ifindex,
+        local: source,
+        remote: accepted.media,
+        src_mac: route.src_mac,
+        next_hop_mac: route.next_hop_mac,
+    };
+    let targets = {
+        let mut reg = state.registry.lock().expect("lock");
+        let c = reg
+            .consults
+            .get_mut(&id)
+            .ok_or_else(|| ApiError::not_found("consult"))?;
+        c.trunks.retain(|t| t.remote != trunk.remote);
+        c.trunks.push(trunk);
+        if !c.downstream.contains(&target.name) {
+            c.downstream.push(target.name.clone());
+        }
+        c.trunks.clone()
+    };
+    for leg in &trunked_legs {
+        state.media.set_trunks(*leg, targets.clone()).map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "media_unavailable",
+                e.to_string(),
+            )
+        })?;
+        // The downstream box starts its subscribers at a key frame.
+        if let Err(e) = state.media.request_keyframe(*leg) {
+            tracing::warn!(leg, error = %e, "key frame request failed");
+        }
+    }
+    let mut e = AuditEvent::now(EventKind::ConsultCascaded, &state.config.regions.name);
+    e.consult = Some(id.clone());
+    e.remote = Some(peer.to_string());
+    e.detail = Some(format!(
+        "to={} trunk={source}->{} publishers={}",
+        target.name,
+        accepted.media,
+        trunked_legs.len()
+    ));
+    state.record(&e).await;
+    tracing::info!(consult = %id, to = %target.name, destination = %accepted.media, via = %route.interface, "consult cascaded");
+    Ok(Json(serde_json::json!({
+        "appliance": target.name,
+        "source": source,
+        "destination": accepted.media,
+        "interface": route.interface,
+        "publishers": trunked_legs.len(),
+    })))
+}
+
+/// `POST /v1/consults/{id}/keyframe` (admin) at the origin of a cascade:
+/// asks every publisher of the consult for a key frame, for subscribers
+/// joining on a downstream appliance, which the origin's worker does not
+/// see.
+async fn request_keyframe(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
+    state.require_admin(&headers)?;
+    let publishers: Vec<LegId> = {
+        let reg = state.registry.lock().expect("lock");
+        let c = reg
+            .consults
+            .get(&id)
+            .ok_or_else(|| ApiError::not_found("consult"))?;
+        c.legs
+            .iter()
+            .filter(|l| {
+                reg.legs
+                    .get(l)
+                    .is_some_and(|x| x.direction == LegDirection::Publish)
+            })
+            .copied()
+            .collect()
+    };
+    for leg in &publishers {
+        if let Err(e) = state.media.request_keyframe(*leg) {
+            tracing::warn!(leg, error = %e, "key frame request failed");
+        }
+    }
+    Ok(Json(serde_json::json!({"publishers": publishers.len()})))
+}
+
+/// A subscriber joined a downstream copy: asks the origin for key frames
+/// while its leg connects (ICE and DTLS take from tens of milliseconds to a
+/// few seconds), so its video starts without waiting for the publisher's
+/// next one.
+fn keyframes_from_origin(state: &Arc<AppState>, consult: &str, origin: &str) {
+    let (Some(pool), state, consult, origin) = (
+        state.router().cloned(),
+        state.clone(),
+        consult.to_owned(),
+        origin.to_owned(),
+    ) else {
+        return;
+    };
+    tokio::spawn(async move {
+        let Ok(Some(api)) = pool.api_of(&origin).await else {
+            tracing::warn!(consult, origin, "origin not live: no key frame requested");
+            return;
+        };
+        let client = reqwest::Client::new();
+        for wait_ms in [300u64, 1000, 2500] {
+            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+            let sent = client
+                .post(format!("http://{api}/v1/consults/{consult}/keyframe"))
+                .bearer_auth(&state.admin_token)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            if let Err(e) = sent {
+                tracing::warn!(consult, origin, error = %e, "key frame request to the origin failed");
+            }
+        }
+    });
+}
+
+/// `POST /v1/consults/{id}/trunk` at a downstream appliance (from the
+/// origin, with the pool's admin token): takes the trunk's publishers as
+/// legs keyed with their SRTP keys; the consult's subscribers here get
+/// them as from any publisher.
+async fn accept_trunk(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    use crate::cascade::{profile_from_name, TrunkAccepted, TrunkRequest};
+    state.require_admin(&headers)?;
+    let req: TrunkRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+    let bad = |reason: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", reason);
+    // Check every key before anything is created.
+    let mut keyed = Vec::new();
+    for p in &req.publishers {
+        let profile = profile_from_name(&p.profile)
+            .ok_or_else(|| bad(format!("unknown SRTP profile {:?}", p.profile)))?;
+        let (Some(key), Some(salt)) = (unb64(&p.key), unb64(&p.salt)) else {
+            return Err(bad("key and salt must be base64".into()));
+        };
+        let remote = dataplane::srtp::MasterKey::new(&key, &salt)
+            .map_err(|e| bad(format!("publisher {}: {e}", p.participant)))?;
+        // What this box sends on the trunk (its feedback) gets a key of
+        // its own.
+        let mut fresh = vec![0u8; key.len() + salt.len()];
+        aws_lc_rs::rand::SystemRandom::new()
+            .fill(&mut fresh)
+            .expect("system RNG");
+        let local = dataplane::srtp::MasterKey::new(&fresh[..key.len()], &fresh[key.len()..])
+            .map_err(|e| bad(e.to_string()))?;
+        keyed.push((
+            p.clone(),
+            crate::dtls::SrtpKeys {
+                profile,
+                local,
+                remote,
+            },
+        ));
+    }
+    let level = state.level();
+    let (room, new_legs, subscribers) = {
+        let mut reg = state.registry.lock().expect("lock");
+        match reg.consults.get(&id) {
+            Some(c) if c.origin.as_deref() != Some(req.origin.as_str()) => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "not_downstream",
+                    format!(
+                        "consult {id} is carried here, not downstream of {}",
+                        req.origin
+                    ),
+                ))
+            }
+            Some(_) => {}
+            None => {
+                reg.next_room = reg.next_room.wrapping_add(1);
+                let c = Consult {
+                    id: id.clone(),
+                    priority: req.priority,
+                    residency: req.residency.clone(),
+                    region: state.config.regions.name.clone(),
+                    created_at: crate::audit::rfc3339_utc(SystemTime::now()),
+                    legs: Vec::new(),
+                    video_cap: VideoCap::for_level(level, req.priority),
+                    pool: None,
+                    origin: Some(req.origin.clone()),
+                    downstream: Vec::new(),
+                    trunks: Vec::new(),
+                    room: reg.next_room,
+                    pool_revision: 0,
+                };
+                reg.consults.insert(id.clone(), c);
+            }
+        }
+        let existing: Vec<(LegId, Leg)> = reg.consults[&id]
+            .legs
+            .iter()
+            .filter_map(|l| reg.legs.get(l).map(|x| (*l, x.clone())))
+            .collect();
+        let subscribers: Vec<LegId> = existing
+            .iter()
+            .filter(|(_, l)| l.direction == LegDirection::Subscribe)
+            .map(|(i, _)| *i)
+            .collect();
+        let mut new_legs = Vec::new();
+        for (p, keys) in keyed {
+            // A publisher already trunked here keeps its leg.
+            let known = existing.iter().any(|(_, l)| {
+                l.direction == LegDirection::Publish && l.participant == p.participant
+            });
+            if known {
+                continue;
+            }
+            reg.next_leg += 1;
+            let leg = reg.next_leg;
+            reg.legs.insert(
+                leg,
+                Leg {
+                    consult: id.clone(),
+                    participant: p.participant.clone(),
+                    role: p.role,
+                    direction: LegDirection::Publish,
+                    negotiated: p.negotiated.clone(),
+                },
+            );
+            if let Some(c) = reg.consults.get_mut(&id) {
+                c.legs.push(leg);
+            }
+            new_legs.push((leg, p, keys));
+        }
+        (reg.consults[&id].room, new_legs, subscribers)
+    };
+    let port = state
+        .media
+        .media_port(room)
+        .unwrap_or_else(|| state.config.media.port_min + (room % u32::from(state.workers)) as u16);
+    let media = SocketAddr::new(state.config.media.advertised_addresses[0], port);
+    let opened = new_legs.len();
+    for (leg, p, keys) in new_legs {
+        let setup = LegSetup {
+            leg,
+            room,
+            local: media,
+            negotiated: p.negotiated,
+        };
+        let transport = crate::media::LegTransport {
+            remote: req.source,
+            keys,
+        };
+        if let Err(e) = state.media.add_keyed_leg(setup, transport) {
+            let mut reg = state.registry.lock().expect("lock");
+            reg.legs.remove(&leg);
+            if let Some(c) = reg.consults.get_mut(&id) {
+                c.legs.retain(|l| *l != leg);
+            }
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "media_unavailable",
+                e.to_string(),
+            ));
+        }
+        for s in &subscribers {
+            if let Err(e) = state.media.subscribe(*s, leg) {
+                tracing::warn!(subscriber = s, publisher = leg, error = %e, "subscribe failed");
+            }
+        }
+    }
+    state.apply_caps();
+    state.update_gauges();
+    let mut e = AuditEvent::now(EventKind::ConsultCascaded, &state.config.regions.name);
+    e.consult = Some(id.clone());
+    e.remote = Some(peer.to_string());
+    e.detail = Some(format!(
+        "from={} trunk={}->{media} legs={opened}",
+        req.origin, req.source
+    ));
+    state.record(&e).await;
+    tracing::info!(consult = %id, origin = %req.origin, legs = opened, "trunk accepted");
+    Ok((
+        StatusCode::CREATED,
+        Json(TrunkAccepted {
+            media,
+            legs: opened,
+        }),
+    )
+        .into_response())
 }
 
 /// `GET /v1/admin/pool?surge=1.5&spare=1&forecast=REGION:N,...`: the pool's

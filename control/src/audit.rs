@@ -61,6 +61,9 @@ pub enum EventKind {
     ConsultMoved,
     /// This appliance took a consult the pool placed on it.
     ConsultAdopted,
+    /// A consult was cascaded: a trunk opened from its origin to a
+    /// downstream appliance (logged at both ends).
+    ConsultCascaded,
 }
 
 /// One audit line.

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod cascade;
 pub mod cluster;
 pub mod config;
 pub mod drain;

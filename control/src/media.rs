@@ -126,6 +126,35 @@ pub trait MediaPlane: Send + Sync + 'static {
     fn media_port(&self, _room: u32) -> Option<u16> {
         None
     }
+    /// Registers a leg whose address and keys are known already (a trunk
+    /// from another appliance: no ICE, no DTLS); media may flow at once.
+    fn add_keyed_leg(&self, setup: LegSetup, transport: LegTransport) -> Result<(), MediaError> {
+        let leg = setup.leg;
+        self.add_leg(setup)?;
+        self.activate_leg(leg, transport)
+    }
+    /// The address and keys of a leg carrying media (`None` before ICE and
+    /// DTLS finished): a cascade hands a publisher's keys to the downstream
+    /// appliances.
+    fn leg_transport(&self, _leg: LegId) -> Option<LegTransport> {
+        None
+    }
+    /// Sends a copy of every packet publisher leg `leg` sends over each of
+    /// `trunks` (cascading; empty stops). Needs the XDP ingress filter.
+    fn set_trunks(
+        &self,
+        _leg: LegId,
+        _trunks: Vec<dataplane::xdp::RelayTarget>,
+    ) -> Result<(), MediaError> {
+        Err(MediaError::Other(
+            "cascading needs the XDP ingress filter (xdp.interfaces)".into(),
+        ))
+    }
+    /// Asks publisher leg `leg` for a key frame (for subscribers on other
+    /// appliances, which the worker does not see).
+    fn request_keyframe(&self, _leg: LegId) -> Result<(), MediaError> {
+        Ok(())
+    }
     /// Stops forwarding and releases the media resources (at exit).
     fn shutdown(&self) {}
 }

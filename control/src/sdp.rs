@@ -19,7 +19,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use webrtc_sdp::attribute_type::{
     SdpAttribute, SdpAttributeFingerprintHashType, SdpAttributeGroupSemantic,
     SdpAttributePayloadType, SdpAttributeRtcpFbType, SdpAttributeSetup, SdpSingleDirection,
@@ -29,7 +29,7 @@ use webrtc_sdp::media_type::{SdpMedia, SdpMediaValue};
 use webrtc_sdp::SdpSession;
 
 /// Which way media flows on a leg, seen from the participant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LegDirection {
     /// WHIP: the participant sends, the appliance receives.
@@ -54,7 +54,7 @@ fn unacceptable(reason: impl Into<String>) -> SdpError {
 }
 
 /// ICE short-term credentials.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IceCredentials {
     /// ice-ufrag.
     pub ufrag: String,
@@ -78,7 +78,7 @@ pub struct LocalDescription {
 }
 
 /// A codec the appliance forwards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Codec {
     /// Opus audio.
@@ -92,7 +92,7 @@ pub enum Codec {
 }
 
 /// RTCP feedback negotiated for a codec.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Feedback {
     /// Generic NACK.
@@ -120,7 +120,7 @@ impl Feedback {
 }
 
 /// One negotiated payload type.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NegotiatedCodec {
     /// Payload type, as offered.
     pub payload_type: u8,
@@ -139,7 +139,7 @@ pub struct NegotiatedCodec {
 }
 
 /// An RTP header extension the media core reads or writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExtensionKind {
     /// `urn:ietf:params:rtp-hdrext:sdes:mid`
@@ -202,7 +202,7 @@ impl ExtensionKind {
 }
 
 /// A negotiated header extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeaderExtension {
     /// The id in RTP packets.
     pub id: u8,
@@ -211,7 +211,7 @@ pub struct HeaderExtension {
 }
 
 /// Audio or video.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MediaKind {
     /// Audio.
@@ -221,7 +221,7 @@ pub enum MediaKind {
 }
 
 /// A stream the appliance sends on a subscribe leg.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalStream {
     /// Media SSRC.
     pub ssrc: u32,
@@ -230,7 +230,7 @@ pub struct LocalStream {
 }
 
 /// One accepted m-section.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NegotiatedMedia {
     /// Its MID.
     pub mid: String,
@@ -253,7 +253,7 @@ pub struct NegotiatedMedia {
 }
 
 /// Everything the media plane needs about a negotiated leg.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NegotiatedLeg {
     /// Publish or subscribe.
     pub direction: LegDirection,

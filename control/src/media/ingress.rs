@@ -26,7 +26,8 @@ use std::sync::Mutex;
 
 use dataplane::sfu::{InStreamStats, MediaKind};
 use dataplane::xdp::{
-    AttachedMode, FlowAction, FlowMatch, LayerCap, StreamKind, StreamSpec, XdpError, XdpIngress,
+    AttachedMode, FlowAction, FlowMatch, LayerCap, RelayTarget, StreamKind, StreamSpec, XdpError,
+    XdpIngress,
 };
 use switchboard_common::IngressConfig;
 
@@ -61,6 +62,9 @@ struct State {
     xdp: XdpIngress,
     legs: BTreeMap<u64, LegEntry>,
     caps: BTreeMap<u32, LayerCap>,
+    /// Cascading trunks of publisher legs: one copy of each packet to every
+    /// downstream appliance.
+    trunks: BTreeMap<u64, Vec<RelayTarget>>,
     detached: bool,
 }
 
@@ -122,6 +126,7 @@ impl IngressFilter {
                 xdp: ingress,
                 legs: BTreeMap::new(),
                 caps: BTreeMap::new(),
+                trunks: BTreeMap::new(),
                 detached: false,
             }),
             attached,
@@ -152,7 +157,11 @@ impl IngressFilter {
             remove_entry(&mut st.xdp, &old);
         }
         let flow = FlowMatch { remote, local_port };
-        st.xdp.set_flow(flow, &FlowAction::ToUserspace)?;
+        let action = match st.trunks.get(&leg) {
+            Some(trunks) if !trunks.is_empty() => FlowAction::UserspaceAndTrunks(trunks.clone()),
+            _ => FlowAction::ToUserspace,
+        };
+        st.xdp.set_flow(flow, &action)?;
         let mut entry = LegEntry {
             flow,
             room,
@@ -181,6 +190,34 @@ impl IngressFilter {
         if let Some(old) = st.legs.remove(&leg) {
             remove_entry(&mut st.xdp, &old);
         }
+    }
+
+    /// Sends a copy of every packet publisher leg `leg` sends to each of
+    /// `trunks` (the downstream appliances of a cascade) while the worker
+    /// keeps receiving the original; empty stops. Applied now if the leg
+    /// carries media, else when it comes up.
+    pub fn set_trunks(&self, leg: u64, trunks: Vec<RelayTarget>) -> Result<(), XdpError> {
+        let mut st = self.lock();
+        let State {
+            xdp,
+            legs,
+            trunks: all,
+            ..
+        } = &mut *st;
+        if let Some(entry) = legs.get(&leg) {
+            let action = if trunks.is_empty() {
+                FlowAction::ToUserspace
+            } else {
+                FlowAction::UserspaceAndTrunks(trunks.clone())
+            };
+            xdp.set_flow(entry.flow, &action)?;
+        }
+        if trunks.is_empty() {
+            all.remove(&leg);
+        } else {
+            all.insert(leg, trunks);
+        }
+        Ok(())
     }
 
     /// The overload policy's cap for `room`'s ingress; `None` lifts it.

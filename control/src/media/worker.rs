@@ -374,6 +374,36 @@ impl MediaPlane for WorkerMediaPlane {
         self.inner.activate(leg, transport)
     }
 
+    fn add_keyed_leg(&self, setup: LegSetup, transport: LegTransport) -> Result<(), MediaError> {
+        // No ICE session: nothing checks consent on a trunk, so nothing
+        // expires it either; it lives until the API removes it.
+        let leg = setup.leg;
+        let worker = self.worker_of(setup.room);
+        let slots = match setup.negotiated.direction {
+            LegDirection::Subscribe => vec![None; stream_slots(&setup.negotiated)],
+            LegDirection::Publish => Vec::new(),
+        };
+        {
+            let mut st = lock(&self.inner.state);
+            if st.legs.contains_key(&leg) {
+                return Err(MediaError::DuplicateLeg(leg));
+            }
+            st.legs.insert(
+                leg,
+                LegState {
+                    setup,
+                    worker,
+                    transport: None,
+                    in_core: false,
+                    dead: false,
+                    rtcp_ssrc: random_ssrc(),
+                    slots,
+                },
+            );
+        }
+        self.inner.activate(leg, transport)
+    }
+
     fn remove_leg(&self, leg: LegId) -> Result<(), MediaError> {
         let worker = {
             let mut st = lock(&self.inner.state);
@@ -394,6 +424,8 @@ impl MediaPlane for WorkerMediaPlane {
             }
             if let Some(ingress) = &self.inner.ingress {
                 ingress.leg_down(leg);
+                // Only forgets the trunks: the flow is gone already.
+                let _ = ingress.set_trunks(leg, Vec::new());
             }
             l.worker
         };
@@ -470,6 +502,43 @@ impl MediaPlane for WorkerMediaPlane {
 
     fn media_port(&self, room: u32) -> Option<u16> {
         Some(self.inner.workers[self.worker_of(room)].local_addr().port())
+    }
+
+    fn request_keyframe(&self, leg: LegId) -> Result<(), MediaError> {
+        let worker = {
+            let st = lock(&self.inner.state);
+            let l = st.legs.get(&leg).ok_or(MediaError::UnknownLeg(leg))?;
+            if !l.in_core {
+                return Ok(());
+            }
+            l.worker
+        };
+        self.inner
+            .command(worker, Command::RequestKeyFrame(core_id(leg)))
+            .map(|_| ())
+    }
+
+    fn leg_transport(&self, leg: LegId) -> Option<LegTransport> {
+        lock(&self.inner.state)
+            .legs
+            .get(&leg)
+            .and_then(|l| l.transport.clone())
+    }
+
+    fn set_trunks(
+        &self,
+        leg: LegId,
+        trunks: Vec<dataplane::xdp::RelayTarget>,
+    ) -> Result<(), MediaError> {
+        let Some(ingress) = &self.inner.ingress else {
+            return Err(MediaError::Other(
+                "cascading needs the XDP ingress filter (xdp.interfaces)".into(),
+            ));
+        };
+        if !lock(&self.inner.state).legs.contains_key(&leg) {
+            return Err(MediaError::UnknownLeg(leg));
+        }
+        ingress.set_trunks(leg, trunks).map_err(other)
     }
 
     fn shutdown(&self) {

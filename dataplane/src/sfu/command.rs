@@ -140,6 +140,10 @@ pub enum Command {
     Stats,
     /// Reads one leg's stats.
     LegStats(LegId),
+    /// Asks publisher leg `LegId` for a key frame on every video layer
+    /// (rate-limited as the core's own requests are): for subscribers the
+    /// core cannot see, such as a cascaded room's downstream appliance.
+    RequestKeyFrame(LegId),
 }
 
 /// A command's answer.

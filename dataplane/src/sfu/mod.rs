@@ -1164,6 +1164,17 @@ impl Sfu {
             }
             Command::Stats => Ok(Reply::Stats(Box::new(self.stats()))),
             Command::LegStats(id) => Ok(Reply::Leg(Box::new(self.leg_stats(id)?))),
+            Command::RequestKeyFrame(id) => {
+                let li = self.leg_index(id)?;
+                let layers = self.legs[li]
+                    .as_ref()
+                    .and_then(|l| l.video.as_ref())
+                    .map_or(0, |v| v.layers.len());
+                for layer in 0..layers.min(usize::from(u8::MAX)) {
+                    self.request_keyframe(now, li, layer as u8, false);
+                }
+                Ok(Reply::Done)
+            }
         }
     }
 
