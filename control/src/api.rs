@@ -18,6 +18,9 @@
 //! | `PUT /v1/admin/overload` | admin | 200, 400 |
 //! | `GET /v1/admin/stats` | admin | 200 |
 //! | `GET /v1/admin/pool` | admin | 200, 400, 401, 404 (not in a pool), 503 |
+//! | `POST /v1/consults/{id}/cascade` | admin | 200, 400, 401, 404, 409, 502 |
+//! | `POST /v1/consults/{id}/trunk` | admin (the origin) | 201, 400, 401, 409 |
+//! | `POST /v1/consults/{id}/keyframe` | admin | 200, 401, 404 |
 //!
 //! RFC 9725 §4.3.1: a WHIP session that supports neither trickle ICE nor ICE
 //! restarts answers PATCH with 405. This appliance is ICE-lite with public
@@ -88,6 +91,9 @@ pub struct Consult {
     /// The trunks to the downstream appliances.
     #[serde(skip)]
     trunks: Vec<dataplane::xdp::RelayTarget>,
+    /// Publisher legs the trunks carry.
+    #[serde(skip)]
+    trunked: Vec<LegId>,
     #[serde(skip)]
     room: u32,
     /// The pool store's revision when this box took the consult.
@@ -429,6 +435,7 @@ impl AppState {
                 origin: None,
                 downstream: Vec::new(),
                 trunks: Vec::new(),
+                trunked: Vec::new(),
             };
             reg.consults.insert(c.id.clone(), c);
         }
@@ -899,6 +906,7 @@ async fn create_in_pool(
         origin: None,
         downstream: Vec::new(),
         trunks: Vec::new(),
+        trunked: Vec::new(),
     };
     let mut e = AuditEvent::now(EventKind::ConsultCreated, &state.config.regions.name);
     e.consult = Some(consult.id.clone());
@@ -1015,6 +1023,7 @@ async fn create_consult(
             origin: None,
             downstream: Vec::new(),
             trunks: Vec::new(),
+            trunked: Vec::new(),
         };
         reg.consults.insert(c.id.clone(), c.clone());
         c
@@ -1102,6 +1111,7 @@ async fn get_consult(
             origin: None,
             downstream: Vec::new(),
             trunks: Vec::new(),
+            trunked: Vec::new(),
         },
     };
     Ok(Json(consult))
@@ -1263,7 +1273,7 @@ async fn signal(
         .get(&id)
         .map(|c| (c.room, c.origin.clone()))
         .ok_or_else(|| ApiError::not_found("consult"))?;
-    if let (Some(origin), LegDirection::Publish) = (origin.clone(), direction) {
+    if let (Some(origin), LegDirection::Publish) = (origin, direction) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "downstream_copy",
@@ -1381,9 +1391,6 @@ async fn signal(
         if let Err(e) = state.media.subscribe(s, p) {
             tracing::warn!(subscriber = s, publisher = p, error = %e, "subscribe failed");
         }
-    }
-    if let Some(origin) = &origin {
-        keyframes_from_origin(&state, &id, origin);
     }
     state.apply_caps();
     state.update_gauges();
@@ -1578,10 +1585,28 @@ async fn cascade_consult(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Json<serde_json::Value>> {
-    use crate::cascade::{profile_name, TrunkAccepted, TrunkPublisher, TrunkRequest};
     state.require_admin(&headers)?;
     let req: CascadeTo = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+    cascade_to(&state, &id, &req.appliance, &peer.to_string())
+        .await
+        .map(Json)
+}
+
+/// Opens (or refreshes, with the publishers present now) the trunk of
+/// consult `id` to appliance `appliance`; `by` is who asked, for the audit
+/// log.
+async fn cascade_to(
+    state: &Arc<AppState>,
+    id: &str,
+    appliance: &str,
+    by: &str,
+) -> ApiResult<serde_json::Value> {
+    use crate::cascade::{profile_name, TrunkAccepted, TrunkPublisher, TrunkRequest};
+    let (state, id) = (state.clone(), id.to_owned());
+    let req = CascadeTo {
+        appliance: appliance.to_owned(),
+    };
     let Some(pool) = state.router().cloned() else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -1637,6 +1662,19 @@ async fn cascade_consult(
             .collect();
         (c.room, c.priority, c.residency.clone(), legs)
     };
+    let port = state
+        .media
+        .media_port(room)
+        .unwrap_or_else(|| state.config.media.port_min + (room % u32::from(state.workers)) as u16);
+    let probe = SocketAddr::new(media_ip, port);
+    let route =
+        tokio::task::spawn_blocking(move || crate::cascade::resolve(probe, Duration::from_secs(1)))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?
+            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "no_trunk_route", e.to_string()))?;
+    let source = SocketAddr::new(route.local_ip.into(), port);
     let mut publishers = Vec::new();
     let mut trunked_legs = Vec::new();
     for (leg, l) in publisher_legs {
@@ -1651,6 +1689,7 @@ async fn cascade_consult(
             profile: profile_name(t.keys.profile).to_owned(),
             key: b64(t.keys.remote.key()),
             salt: b64(t.keys.remote.salt()),
+            source: SocketAddr::new(source.ip(), crate::cascade::trunk_source_port(leg)),
         });
     }
     if publishers.is_empty() {
@@ -1658,19 +1697,6 @@ async fn cascade_consult(
             "no publisher of the consult carries media yet".into(),
         ));
     }
-    let port = state
-        .media
-        .media_port(room)
-        .unwrap_or_else(|| state.config.media.port_min + (room % u32::from(state.workers)) as u16);
-    let probe = SocketAddr::new(media_ip, port);
-    let route =
-        tokio::task::spawn_blocking(move || crate::cascade::resolve(probe, Duration::from_secs(1)))
-            .await
-            .map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })?
-            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "no_trunk_route", e.to_string()))?;
-    let source = SocketAddr::new(route.local_ip.into(), port);
     let request = TrunkRequest {
         origin: pool.name().to_owned(),
         priority,
@@ -1721,7 +1747,14 @@ async fn cascade_consult(
         c.trunks.clone()
     };
     for leg in &trunked_legs {
-        state.media.set_trunks(*leg, targets.clone()).map_err(|e| {
+        // Each publisher's copies leave from a port of its own, so the
+        // downstream worker tells them apart by address.
+        let from = SocketAddr::new(source.ip(), crate::cascade::trunk_source_port(*leg));
+        let targets = targets
+            .iter()
+            .map(|t| dataplane::xdp::RelayTarget { local: from, ..*t })
+            .collect();
+        state.media.set_trunks(*leg, targets).map_err(|e| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "media_unavailable",
@@ -1733,9 +1766,16 @@ async fn cascade_consult(
             tracing::warn!(leg, error = %e, "key frame request failed");
         }
     }
+    if let Some(c) = state.registry.lock().expect("lock").consults.get_mut(&id) {
+        for leg in &trunked_legs {
+            if !c.trunked.contains(leg) {
+                c.trunked.push(*leg);
+            }
+        }
+    }
     let mut e = AuditEvent::now(EventKind::ConsultCascaded, &state.config.regions.name);
     e.consult = Some(id.clone());
-    e.remote = Some(peer.to_string());
+    e.remote = Some(by.to_owned());
     e.detail = Some(format!(
         "to={} trunk={source}->{} publishers={}",
         target.name,
@@ -1744,13 +1784,105 @@ async fn cascade_consult(
     ));
     state.record(&e).await;
     tracing::info!(consult = %id, to = %target.name, destination = %accepted.media, via = %route.interface, "consult cascaded");
-    Ok(Json(serde_json::json!({
+    Ok(serde_json::json!({
         "appliance": target.name,
         "source": source,
         "destination": accepted.media,
         "interface": route.interface,
         "publishers": trunked_legs.len(),
-    })))
+    }))
+}
+
+/// Every quarter second, for cascaded consults: at an origin, trunks the
+/// publishers that started sending since the cascade was made; at a
+/// downstream copy, passes the key-frame requests its worker made for the
+/// trunk's publishers (a viewer joined, or lost a key frame) on to the
+/// origin, whose publishers the worker cannot reach itself.
+pub async fn cascade_upkeep(state: Arc<AppState>) {
+    let mut seen: BTreeMap<LegId, u64> = BTreeMap::new();
+    let client = reqwest::Client::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (origins, copies) = {
+            let reg = state.registry.lock().expect("lock");
+            let mut origins = Vec::new();
+            let mut copies = Vec::new();
+            for c in reg.consults.values() {
+                let publishers = c.legs.iter().filter(|l| {
+                    reg.legs
+                        .get(l)
+                        .is_some_and(|x| x.direction == LegDirection::Publish)
+                });
+                if let Some(origin) = &c.origin {
+                    copies.push((
+                        c.id.clone(),
+                        origin.clone(),
+                        publishers.copied().collect::<Vec<_>>(),
+                    ));
+                } else if !c.downstream.is_empty() {
+                    let untrunked: Vec<LegId> = publishers
+                        .filter(|l| !c.trunked.contains(l))
+                        .copied()
+                        .collect();
+                    if !untrunked.is_empty() {
+                        origins.push((c.id.clone(), c.downstream.clone(), untrunked));
+                    }
+                }
+            }
+            (origins, copies)
+        };
+        for (id, downstream, untrunked) in origins {
+            // Only once a new publisher's keys exist (ICE and DTLS done).
+            if !untrunked
+                .iter()
+                .any(|l| state.media.leg_transport(*l).is_some())
+            {
+                continue;
+            }
+            for appliance in downstream {
+                // Publishers without keys yet are left for a later pass.
+                if let Err(e) = cascade_to(&state, &id, &appliance, "cascade upkeep").await {
+                    tracing::warn!(consult = %id, appliance, reason = %e.reason, "trunk not refreshed");
+                }
+            }
+        }
+        let live: Vec<LegId> = copies
+            .iter()
+            .flat_map(|(_, _, legs)| legs.iter().copied())
+            .collect();
+        seen.retain(|leg, _| live.contains(leg));
+        for (id, origin, legs) in copies {
+            let mut wanted = false;
+            for leg in legs {
+                let Some(now) = state.media.keyframe_requests_sent(leg) else {
+                    continue;
+                };
+                let before = seen.insert(leg, now).unwrap_or(0);
+                wanted |= now > before;
+            }
+            if !wanted {
+                continue;
+            }
+            let Some(pool) = state.router().cloned() else {
+                continue;
+            };
+            let Ok(Some(api)) = pool.api_of(&origin).await else {
+                tracing::warn!(consult = %id, origin, "origin not live: key frame request dropped");
+                continue;
+            };
+            let sent = client
+                .post(format!("http://{api}/v1/consults/{id}/keyframe"))
+                .bearer_auth(&state.admin_token)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            if let Err(e) = sent {
+                tracing::warn!(consult = %id, origin, error = %e, "key frame request to the origin failed");
+            }
+        }
+    }
 }
 
 /// `POST /v1/consults/{id}/keyframe` (admin) at the origin of a cascade:
@@ -1785,40 +1917,6 @@ async fn request_keyframe(
         }
     }
     Ok(Json(serde_json::json!({"publishers": publishers.len()})))
-}
-
-/// A subscriber joined a downstream copy: asks the origin for key frames
-/// while its leg connects (ICE and DTLS take from tens of milliseconds to a
-/// few seconds), so its video starts without waiting for the publisher's
-/// next one.
-fn keyframes_from_origin(state: &Arc<AppState>, consult: &str, origin: &str) {
-    let (Some(pool), state, consult, origin) = (
-        state.router().cloned(),
-        state.clone(),
-        consult.to_owned(),
-        origin.to_owned(),
-    ) else {
-        return;
-    };
-    tokio::spawn(async move {
-        let Ok(Some(api)) = pool.api_of(&origin).await else {
-            tracing::warn!(consult, origin, "origin not live: no key frame requested");
-            return;
-        };
-        let client = reqwest::Client::new();
-        for wait_ms in [300u64, 1000, 2500] {
-            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-            let sent = client
-                .post(format!("http://{api}/v1/consults/{consult}/keyframe"))
-                .bearer_auth(&state.admin_token)
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await;
-            if let Err(e) = sent {
-                tracing::warn!(consult, origin, error = %e, "key frame request to the origin failed");
-            }
-        }
-    });
 }
 
 /// `POST /v1/consults/{id}/trunk` at a downstream appliance (from the
@@ -1893,6 +1991,7 @@ async fn accept_trunk(
                     origin: Some(req.origin.clone()),
                     downstream: Vec::new(),
                     trunks: Vec::new(),
+                    trunked: Vec::new(),
                     room: reg.next_room,
                     pool_revision: 0,
                 };
@@ -1951,7 +2050,7 @@ async fn accept_trunk(
             negotiated: p.negotiated,
         };
         let transport = crate::media::LegTransport {
-            remote: req.source,
+            remote: p.source,
             keys,
         };
         if let Err(e) = state.media.add_keyed_leg(setup, transport) {

@@ -210,8 +210,7 @@ pub struct TrunkRequest {
     pub priority: crate::overload::Priority,
     /// Residency tag.
     pub residency: String,
-    /// Where the trunk's packets come from: the origin's address and media
-    /// port on the way to this box.
+    /// The origin's address and media port on the way to this box.
     pub source: SocketAddr,
     /// The publishers whose streams the trunk carries.
     pub publishers: Vec<TrunkPublisher>,
@@ -233,6 +232,19 @@ pub struct TrunkPublisher {
     pub key: String,
     /// Salt, base64.
     pub salt: String,
+    /// Where its copies come from: the origin's trunk address and a port
+    /// of this publisher's own ([`trunk_source_port`]).
+    pub source: SocketAddr,
+}
+
+/// The source port of publisher leg `leg`'s trunk copies: one per
+/// publisher, so a downstream worker, which keys legs by address, tells the
+/// publishers of one trunk apart. Taken from 61000–64999, above the usual
+/// media port ranges; nothing listens there, so what a downstream box sends
+/// back to it is dropped at the origin (as unknown, in XDP, when the range
+/// is the media range).
+pub fn trunk_source_port(leg: u64) -> u16 {
+    61_000 + (leg % 4_000) as u16
 }
 
 /// What a downstream appliance answers.

@@ -150,6 +150,11 @@ pub trait MediaPlane: Send + Sync + 'static {
             "cascading needs the XDP ingress filter (xdp.interfaces)".into(),
         ))
     }
+    /// Key-frame requests the worker has sent to publisher leg `leg` so far
+    /// (`None` if it is not carrying media).
+    fn keyframe_requests_sent(&self, _leg: LegId) -> Option<u64> {
+        None
+    }
     /// Asks publisher leg `leg` for a key frame (for subscribers on other
     /// appliances, which the worker does not see).
     fn request_keyframe(&self, _leg: LegId) -> Result<(), MediaError> {

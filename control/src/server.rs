@@ -255,6 +255,7 @@ pub fn spawn_pool_registration(
     let registration =
         crate::cluster::spawn_registration(cluster, membership, move || record_state.pool_record())
             .map_err(std::io::Error::other)?;
+    let cascade = tokio::spawn(crate::api::cascade_upkeep(state.clone()));
     let upkeep_state = state.clone();
     let upkeep = tokio::spawn(async move {
         let mut tick = tokio::time::interval(pool.period());
@@ -275,6 +276,7 @@ pub fn spawn_pool_registration(
             }
         }
         let _upkeep = AbortOnDrop(upkeep);
+        let _cascade = AbortOnDrop(cascade);
         let mut registration = AbortOnDrop(registration);
         let _ = (&mut registration.0).await;
     })))

@@ -272,6 +272,10 @@ fn a_consult_cascades_to_a_second_appliance_over_an_xdp_trunk() {
         assert_eq!(status, 200, "{v}\n{}", origin.log_tail(3000));
         println!("cascade: {v}");
         assert_eq!(v["publishers"], 1);
+        // The key frame asked for when the trunk opened is long gone when
+        // the remote viewer joins: its video can only start at one its
+        // box asks the origin for.
+        pump(1.0, &mut tx, &mut rx1, None);
         let (status, text) = signal(
             downstream,
             &id,
@@ -311,6 +315,46 @@ fn a_consult_cascades_to_a_second_appliance_over_an_xdp_trunk() {
         }
         assert!(a1 > 100 && v1 > 100, "origin viewer: {a1}/{v1}");
         assert!(a2 > 100 && v2 > 50, "downstream viewer: {a2}/{v2}");
+        let (_, copy) = admin(downstream, "GET", "/v1/consults", &json!({}));
+        let copy = copy.as_array().unwrap()[0].clone();
+        assert_eq!(copy["origin"], origin_name.as_str(), "{copy}");
+        // Trunk leg and the viewer's leg.
+        assert_eq!(copy["legs"].as_array().unwrap().len(), 2, "{copy}");
+
+        // A second presenter joins at the origin after the cascade: its
+        // stream is trunked as soon as its keys exist.
+        let presenter2 = token("presenter-2", "clinician");
+        let late = Participant::new("casclate", bind).unwrap();
+        let late_ssrcs = PublishSsrcs::from_base(0x5e00_0001);
+        let (status, text) = signal(
+            origin,
+            &id,
+            "whip",
+            &presenter2,
+            &late.offer("sendonly", Some(late_ssrcs)),
+        );
+        assert_eq!(status, 201, "{text}");
+        let late_answer = Answer::parse(&text).unwrap();
+        let _late_tx = late
+            .connect(&late_answer, STEP_TIMEOUT)
+            .expect("second presenter connects")
+            .peer(Some(late_ssrcs), 300)
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (_, list) = admin(downstream, "GET", "/v1/consults", &json!({}));
+            let legs = list[0]["legs"].as_array().map_or(0, Vec::len);
+            if legs == 3 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the late presenter was not trunked: {list}\n{}",
+                origin.log_tail(4000)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        println!("late presenter trunked to the downstream box");
     });
 
     // Publishing belongs to the origin.

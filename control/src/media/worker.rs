@@ -518,6 +518,24 @@ impl MediaPlane for WorkerMediaPlane {
             .map(|_| ())
     }
 
+    fn keyframe_requests_sent(&self, leg: LegId) -> Option<u64> {
+        let worker = {
+            let st = lock(&self.inner.state);
+            let l = st.legs.get(&leg)?;
+            if !l.in_core {
+                return None;
+            }
+            l.worker
+        };
+        match self.inner.workers[worker]
+            .submit(Command::LegStats(core_id(leg)))
+            .and_then(|p| p.wait(COMMAND_WAIT))
+        {
+            Ok(Reply::Leg(stats)) => Some(stats.counters.keyframe_requests_sent),
+            _ => None,
+        }
+    }
+
     fn leg_transport(&self, leg: LegId) -> Option<LegTransport> {
         lock(&self.inner.state)
             .legs
