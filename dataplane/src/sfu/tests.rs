@@ -616,3 +616,29 @@ fn a_slow_setup_does_not_pause_video_until_a_key_frame_is_requested() {
         assert_eq!(room.peers[i].report().keyframes_sent, 1);
     }
 }
+
+#[test]
+fn a_key_frame_asked_for_from_outside_reaches_the_publisher_rate_limited() {
+    // A cascaded room's downstream viewers are not legs of this core: the
+    // control plane asks for their key frames.
+    let configs = (0..2).map(|i| peer_config(i, &[500], false)).collect();
+    let mut room = Room::new(configs);
+    room.full_mesh();
+    room.run(200, |_| {});
+    let before = room.peers[0].report().keyframe_requests;
+    let t = room.now();
+    room.sfu
+        .command(t, Command::RequestKeyFrame(LegId(0)))
+        .unwrap();
+    // A second request within the interval is absorbed.
+    room.sfu
+        .command(t, Command::RequestKeyFrame(LegId(0)))
+        .unwrap();
+    room.deliver();
+    assert_eq!(room.peers[0].report().keyframe_requests, before + 1);
+    assert_eq!(room.leg(0).counters.keyframe_requests_sent, 1);
+    assert!(matches!(
+        room.sfu.command(t, Command::RequestKeyFrame(LegId(9))),
+        Err(CommandError::UnknownLeg(LegId(9)))
+    ));
+}
