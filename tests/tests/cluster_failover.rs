@@ -23,6 +23,8 @@
 //!   reason, never moved to France;
 //! * box-3 cut off from etcd: it stops admitting at once and reports not
 //!   ready within the TTL plus the bound; once reconnected it admits again;
+//! * the German region dark (its last box killed): its `eu` consult moves
+//!   to the French neighbour, its `de` consult is left unplaced;
 //! * at every step no consult is carried by two boxes, and each box
 //!   carries only what the pool's record says.
 
@@ -486,8 +488,55 @@ fn pool_places_fails_over_and_never_double_places() {
         !r.text().contains(&eu3_id),
         "box-3 still carries the consult ended elsewhere"
     );
-    let v = created(&boxes[2], "eu");
-    assert!(appliance_of(&v).is_some(), "{v}");
+
+    // The German region goes dark: free a slot on box y, place an `eu`
+    // consult there through it, then kill it. The `eu` consult moves to
+    // the neighbour region its residency allows; the `de` one cannot.
+    let on_y: Vec<String> = ids
+        .iter()
+        .filter(|id| {
+            let r = get(&boxes[2], &format!("/v1/consults/{id}"), ADMIN_TOKEN);
+            r.status == 200 && appliance_of(&r.json().unwrap()).as_deref() == Some(y_name.as_str())
+        })
+        .cloned()
+        .collect();
+    assert_eq!(on_y.len(), 2, "box y's consults: {on_y:?}");
+    let r = send_json(
+        &boxes[y],
+        "DELETE",
+        &format!("/v1/consults/{}", on_y[0]),
+        ADMIN_TOKEN,
+        &json!({}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let last = created(&boxes[y], "eu");
+    assert_eq!(
+        appliance_of(&last).as_deref(),
+        Some(y_name.as_str()),
+        "{last}"
+    );
+    let last_id = last["id"].as_str().unwrap().to_owned();
+    ids.push(last_id.clone());
+    boxes[y].kill();
+    let (_, dark) = until(
+        Duration::from_secs(TTL_SECS) + BOUND,
+        "the eu consult moved out of the dark region",
+        || (appliance_of(&record(&boxes[2], &last_id)).as_deref() == Some("box-3")).then_some(()),
+    );
+    println!("region de-fra dark: its `eu` consult on box-3 in fr-par after {dark:?}");
+    let (stuck, _) = until(
+        Duration::from_secs(TTL_SECS) + BOUND,
+        "box y's de consult marked unplaced",
+        || {
+            let v = record(&boxes[2], &on_y[1]);
+            v["pool"]["appliance"].is_null().then_some(v)
+        },
+    );
+    assert!(
+        stuck["pool"]["reason"].as_str().unwrap().contains("de-fra"),
+        "{stuck}"
+    );
+    assert_single_placement(&[("box-3", &boxes[2])], &ids);
     drop(boxes);
     drop(etcd);
 }
