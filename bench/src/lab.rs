@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 const NS_PREFIX: &str = "sbb";
 
 // The namespace plumbing shared with the end-to-end tests.
-pub use e2e::{ip, mac_string, tx_checksum_off};
+pub use e2e::{gro_on, ip, mac_string, tx_checksum_off};
 
 /// True if `addr` is in 198.18.0.0/15.
 pub fn in_benchmark_range(addr: Ipv4Addr) -> bool {
@@ -117,6 +117,66 @@ pub struct End {
     pub mac: [u8; 6],
     /// Its IPv4 address (/24).
     pub v4: Ipv4Addr,
+}
+
+impl End {
+    /// Moves this end's receive processing (its NAPI poll, and with it the
+    /// XDP program attached here) into a kernel thread pinned to `cpu`, or
+    /// (`None`) back into the softirq of whichever CPU queued the frames.
+    /// GRO gives a veth end its NAPI instance even while no XDP program is
+    /// attached, so the thread survives program switches.
+    pub fn napi_thread(&self, cpu: Option<usize>) -> Result<()> {
+        let name = self.ifname.clone();
+        self.ns.run(move || gro_on(&name))??;
+        // sysfs shows the namespace of whoever mounted it: write it from a
+        // process that `ip netns exec` gave a sysfs of the namespace.
+        let threaded = u8::from(cpu.is_some());
+        let status = Command::new("ip")
+            .args(["netns", "exec", self.ns.name(), "sh", "-c"])
+            .arg(format!(
+                "echo {threaded} > /sys/class/net/{}/threaded",
+                self.ifname
+            ))
+            .status()
+            .context("running ip netns exec")?;
+        if !status.success() {
+            bail!(
+                "threaded NAPI {} on {}: {status}",
+                if threaded == 1 { "on" } else { "off" },
+                self.ifname
+            );
+        }
+        match cpu {
+            Some(cpu) => self.pin_napi_thread(cpu),
+            None => Ok(()),
+        }
+    }
+
+    /// Pins this end's NAPI kernel threads to `cpu` (an XDP attach may
+    /// start new ones); fails if threaded NAPI is not on.
+    pub fn pin_napi_thread(&self, cpu: usize) -> Result<()> {
+        // Thread names are cut to 15 bytes; the interface names are unique
+        // and short enough that "napi/<ifname>-" still identifies them.
+        let prefix = format!("napi/{}-", self.ifname);
+        let mut pinned = 0;
+        for entry in std::fs::read_dir("/proc")
+            .context("reading /proc")?
+            .flatten()
+        {
+            let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
+                continue;
+            };
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            if comm.trim_end().starts_with(&prefix) {
+                pin(pid, cpu)?;
+                pinned += 1;
+            }
+        }
+        if pinned == 0 {
+            bail!("no NAPI thread for {} (threaded NAPI off?)", self.ifname);
+        }
+        Ok(())
+    }
 }
 
 /// A generator namespace and an appliance namespace joined by one veth pair.
@@ -372,15 +432,20 @@ pub fn online_cpus() -> usize {
 
 /// The lowest-numbered CPU this process may run on.
 pub fn first_allowed_cpu() -> usize {
+    allowed_cpus().first().copied().unwrap_or(0)
+}
+
+/// The CPUs this process may run on, lowest first.
+pub fn allowed_cpus() -> Vec<usize> {
     // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity writes at most
     // its size; CPU_ISSET reads inside it for i < CPU_SETSIZE.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return 0;
+            return Vec::new();
         }
         (0..libc::CPU_SETSIZE as usize)
-            .find(|&i| libc::CPU_ISSET(i, &set))
-            .unwrap_or(0)
+            .filter(|&i| libc::CPU_ISSET(i, &set))
+            .collect()
     }
 }

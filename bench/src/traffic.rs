@@ -1,8 +1,8 @@
 //! Offering load: live frames as fast as the kernel can send them
-//! (saturation: the most the generator's CPU can push, which with the device
-//! under test sharing that CPU is what it can forward), or UDP packets from
-//! a socket paced at a fixed rate. Every loop is bounded by its duration and
-//! by the packet count of each call, and ends early on a stop request.
+//! (saturation) or paced by the generator program to a set rate, or UDP
+//! packets from a socket paced at a fixed rate. Every loop is bounded by its
+//! duration and by the packet count of each call, and ends early on a stop
+//! request.
 
 use std::{
     net::{SocketAddrV4, UdpSocket},
@@ -18,9 +18,11 @@ use crate::stop;
 /// Frames per kernel batch when saturating: the NAPI budget, so the device
 /// under test takes each batch in one poll.
 const SATURATE_BATCH: u32 = 64;
-/// A saturating kernel call is sized to last about this long, so the
-/// duration is kept closely and a stop request is seen soon.
-const CALL_TARGET: Duration = Duration::from_millis(50);
+/// A live-frame kernel call is sized to last about this long. Each call
+/// costs some 15–30 ms of set-up and tear-down during which nothing is
+/// sent, so calls must be long for the rate to be the generator's; a stop
+/// request still ends a call at once (a pending signal ends it).
+const CALL_TARGET: Duration = Duration::from_millis(1000);
 /// The longest a paced sender sleeps before looking at the clock again.
 const MAX_NAP: Duration = Duration::from_millis(1);
 /// A paced sender sends at most this much of its schedule in one burst
@@ -48,7 +50,8 @@ impl Offered {
 }
 
 /// Sends live frames out of `ifindex` (in the calling thread's network
-/// namespace) as fast as the kernel takes them, for `duration`.
+/// namespace) for `duration`: as fast as the kernel takes them, or at the
+/// rate the generator is set to (see [`LiveGenerator::set_rate`]).
 pub fn saturate_for(
     generator: &mut LiveGenerator,
     ifindex: u32,
@@ -90,7 +93,7 @@ fn saturate(
         generator.run(ifindex, chunk, SATURATE_BATCH)?;
         let rate = f64::from(chunk) / call.elapsed().as_secs_f64().max(1e-6);
         let left = duration.saturating_sub(start.elapsed()).min(CALL_TARGET);
-        chunk = (rate * left.as_secs_f64()).clamp(256.0, 8_000_000.0) as u32;
+        chunk = (rate * left.as_secs_f64()).clamp(256.0, 100_000_000.0) as u32;
     }
     Ok(())
 }

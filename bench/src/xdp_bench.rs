@@ -14,19 +14,27 @@
 //! - **rtpengine** with kernel forwarding off, behind an `XDP_PASS` program,
 //!   relaying the same stream in userspace.
 //!
-//! Saturating load comes from `BPF_PROG_TEST_RUN` live frames on the
-//! generator's end (see [`crate::traffic`]): the kernel transmits each frame
-//! into the veth, where the device under test receives it in its NAPI poll.
-//! That poll runs on the CPU that queued the frames, so generator, device
-//! under test and sink share one pinned CPU: a saturating run measures the
-//! whole chain per core, and the generator's and sink's share of it is the
-//! same for every configuration (their per-frame cost is reported from the
-//! kernel's BPF statistics). The benchmark's autogroup and its generator's
-//! thread run at [`lab::BENCH_NICE`], and rtpengine in a session
-//! (autogroup) of its own at that priority, so that builds sharing the
-//! machine take as little as possible from either side of a ratio. Paced load at the rates a userspace relay takes
-//! (rtpengine's rate search, the equal-load comparisons) comes from a UDP
-//! socket in the generator namespace. Measurements alternate configurations
+//! Load comes from `BPF_PROG_TEST_RUN` live frames on the generator's end
+//! (see [`crate::traffic`]), back to back or paced by the generator program
+//! itself: the kernel transmits each frame into the veth, where the device
+//! under test receives it in its NAPI poll. With two CPUs or more, that poll
+//! runs in a kernel thread pinned to a CPU of its own (threaded NAPI), as a
+//! NIC queue's interrupt would: the generator has one CPU, the device under
+//! test (and the sink, woken from its poll) the other, so a saturating run
+//! measures what one core forwards. On one CPU all three share it. The
+//! sink's per-frame cost is the same for every configuration and reported
+//! from the kernel's BPF statistics. The relay's highest clean rate comes
+//! from the same rate search as rtpengine's, on paced live frames.
+//!
+//! The benchmark's autogroup and its generator's thread run at
+//! [`lab::BENCH_NICE`], and rtpengine in a session (autogroup) of its own at
+//! that priority, so that builds sharing the machine take as little as
+//! possible from either side of a ratio. Paced load at the rates a
+//! userspace relay takes (rtpengine's rate search, the equal-load
+//! comparisons) comes from a UDP socket in the generator namespace, with
+//! the appliance's receive path back in the softirq of the generator's CPU,
+//! so rtpengine has a CPU to itself plus its kernel receive path on the
+//! other: more than the relay had. Measurements alternate configurations
 //! round by round so that noise from the shared machine hits all of them
 //! alike, and every ratio is taken between measurements of the same run.
 
@@ -71,8 +79,8 @@ const RAMP_START_PPS: f64 = 10_000.0;
 const RAMP: f64 = 1.5;
 /// rtpengine's rate search ends after this many lossy rates in a row.
 const RAMP_MISSES: usize = 2;
-/// Bound of rtpengine's rate search (far above what a userspace relay takes).
-const RAMP_CAP_PPS: f64 = 2_000_000.0;
+/// Bound of the rate searches (far above what either relay takes here).
+const RAMP_CAP_PPS: f64 = 16_000_000.0;
 
 /// How long and how often to measure.
 #[derive(Debug, Clone, Serialize)]
@@ -248,9 +256,11 @@ pub struct SizeResult {
     pub relay_over_reflector: f64,
     /// Every round's ratio.
     pub relay_over_reflector_rounds: Vec<f64>,
-    /// The relay's highest rate with loss under 1%: its best clean
-    /// saturating round (`None` if no round was clean).
+    /// The relay's highest rate with loss under 1%, from a rate search with
+    /// paced live frames (`None` if no trial was clean).
     pub relay_max_clean_pps: Option<f64>,
+    /// Every trial of the relay's rate search, in order.
+    pub relay_search: Vec<Sample>,
     /// The relay's XDP counters summed over its saturating rounds.
     pub relay_counters: CounterSummary,
     /// Per-frame cost of each XDP program (`None` if the kernel's BPF
@@ -318,8 +328,11 @@ pub struct Report {
     pub xdp_mode: String,
     /// CPUs the process could use.
     pub cpus: usize,
-    /// The CPU that ran generator, device under test and sink.
+    /// The CPU that ran the generator.
     pub generator_cpu: usize,
+    /// The CPU whose NAPI thread ran the device under test and the sink in
+    /// the XDP measurements (`None`: the generator's CPU ran all three).
+    pub dut_cpu: Option<usize>,
     /// Kernel release.
     pub kernel: String,
     /// rtpengine's version, when it ran.
@@ -371,6 +384,8 @@ enum Dut {
 enum Load<'a> {
     /// Live frames from this generator, back to back.
     Saturate(&'a mut LiveGenerator),
+    /// Live frames from this generator, `pps` per second.
+    PacedLive(&'a mut LiveGenerator, f64),
     /// RTP packets of `udp_payload` bytes from the caller's socket to `to`,
     /// `pps` per second.
     Paced {
@@ -396,6 +411,9 @@ struct Bench {
     sink: SinkCounter,
     generator_ifindex: u32,
     cpu: usize,
+    /// The CPU of the appliance end's NAPI thread, where the device under
+    /// test (and, woken from it, the sink) runs; `None`: the generator's.
+    dut_cpu: Option<usize>,
     modes: Vec<AttachedMode>,
     lab: Lab,
 }
@@ -411,12 +429,17 @@ impl Bench {
         let modes = vec![sink.mode()];
         let ns = a.ns.clone();
         let relay = ns.run(move || configure_relay(&g, &a))??;
+        let cpus = lab::allowed_cpus();
+        let cpu = cpus.first().copied().unwrap_or(0);
+        let dut_cpu = cpus.get(1).copied();
+        lab.appliance.napi_thread(dut_cpu)?;
         Ok(Self {
             dut: Dut::None,
             relay,
             sink,
             generator_ifindex,
-            cpu: lab::first_allowed_cpu(),
+            cpu,
+            dut_cpu,
             modes,
             lab,
         })
@@ -457,6 +480,9 @@ impl Bench {
         })??;
         self.dut = dut;
         self.modes.push(mode);
+        if let Some(cpu) = self.dut_cpu {
+            self.lab.appliance.pin_napi_thread(cpu)?;
+        }
         Ok(())
     }
 
@@ -481,6 +507,12 @@ impl Bench {
             lab::prioritize_current_thread()?;
             match load {
                 Load::Saturate(generator) => traffic::saturate_for(generator, ifindex, duration),
+                Load::PacedLive(generator, pps) => {
+                    generator.set_rate(Some(pps))?;
+                    let offered = traffic::saturate_for(generator, ifindex, duration);
+                    generator.set_rate(None)?;
+                    offered
+                }
                 Load::Paced {
                     to,
                     udp_payload,
@@ -494,6 +526,15 @@ impl Bench {
         std::thread::sleep(Duration::from_secs_f64(drain));
         let forwarded = self.sink.counters()?.packets - before;
         Ok(Sample::new(offered, forwarded))
+    }
+
+    /// Runs the appliance end's receive path in the softirq of the CPU that
+    /// queued the frames again (the generator's) instead of its own thread.
+    fn napi_on_generator_cpu(&mut self) -> Result<()> {
+        if self.dut_cpu.take().is_some() {
+            self.lab.appliance.napi_thread(None)?;
+        }
+        Ok(())
     }
 
     fn xdp_mode(&self) -> String {
@@ -633,7 +674,6 @@ pub fn run(options: &Options) -> Result<Report> {
             .map(|(r, x)| if r.pps > 0.0 { x.pps / r.pps } else { 0.0 })
             .collect();
         let relay = Throughput::new(relay_samples[i].clone(), size);
-        let relay_max_clean_pps = relay_max_clean(&relay);
         sizes.push(SizeResult {
             udp_payload: size,
             frame_bytes: frame::HEADERS + size,
@@ -641,7 +681,8 @@ pub fn run(options: &Options) -> Result<Report> {
             relay,
             relay_over_reflector: median(rounds.iter().copied()),
             relay_over_reflector_rounds: rounds,
-            relay_max_clean_pps,
+            relay_max_clean_pps: None,
+            relay_search: Vec::new(),
             relay_counters: relay_counters[i],
             program_cost: None,
             rtpengine: None,
@@ -658,6 +699,31 @@ pub fn run(options: &Options) -> Result<Report> {
         }
         Err(err) => eprintln!("BPF run-time statistics unavailable ({err}); no per-program costs"),
     }
+
+    // The relay's highest clean rate, found the way rtpengine's is.
+    for (size, generator) in sizes.iter_mut().zip(generators.iter_mut()) {
+        let udp_payload = size.udp_payload;
+        let search = rate_search(&plan, |rate| {
+            let s = bench.measure(
+                Config::Relay,
+                Load::PacedLive(generator, rate),
+                plan.trial_secs,
+                plan.drain_secs,
+                CALLEE_PORT,
+            )?;
+            eprintln!(
+                "relay     {:>4} B offered {:>8.0} pps forwarded {:>8.0} pps loss {:.2}%",
+                udp_payload,
+                s.offered_pps,
+                s.pps,
+                s.loss * 100.0
+            );
+            Ok(s)
+        })?;
+        size.relay_max_clean_pps = max_clean(&search);
+        size.relay_search = search;
+    }
+    let dut_cpu = bench.dut_cpu;
 
     let mut rtpengine_version = None;
     let rtpengine_skipped = if !options.rtpengine {
@@ -683,6 +749,7 @@ pub fn run(options: &Options) -> Result<Report> {
         xdp_mode: bench.xdp_mode(),
         cpus: lab::online_cpus(),
         generator_cpu: bench.cpu,
+        dut_cpu,
         kernel: kernel_release(),
         rtpengine_version,
         rtpengine_skipped,
@@ -773,15 +840,9 @@ fn ns_per_run(before: (Duration, u64), after: (Duration, u64)) -> f64 {
     after.0.saturating_sub(before.0).as_nanos() as f64 / runs as f64
 }
 
-/// The relay's highest clean rate: the highest rate of its saturating
-/// rounds that lost under 1% (generator and relay share a CPU, so the
-/// generator cannot outrun it by much); `None` if none did. The best round,
-/// like rtpengine's figure, which is its best clean trial: on a shared
-/// machine a median of one side against the best of the other would
-/// compare noise as much as the relays.
-fn relay_max_clean(relay: &Throughput) -> Option<f64> {
-    relay
-        .samples
+/// The highest forwarded rate of the clean (loss under 1%) trials.
+fn max_clean(trials: &[Sample]) -> Option<f64> {
+    trials
         .iter()
         .filter(|s| s.clean())
         .map(|s| s.pps)
@@ -802,9 +863,14 @@ fn measure_rtpengine(
     rtpengine_log: PathBuf,
 ) -> Result<()> {
     let (g, a) = (bench.lab.generator.clone(), bench.lab.appliance.clone());
+    // rtpengine's threads get the CPUs the generator does not use, and the
+    // kernel's receive path for its packets runs on the generator's, as a
+    // NIC's interrupts would on a core of their own: rtpengine gets more CPU
+    // than the relay had (its NAPI thread did all its kernel work), which
+    // can only flatter rtpengine. The equal-load comparisons below run the
+    // relay the same way.
+    bench.napi_on_generator_cpu()?;
     bench.switch(Config::Rtpengine)?;
-    // rtpengine's threads get the CPUs the generator does not use; the
-    // kernel's receive path for its packets still runs on the generator's.
     // Declared after `bench`, so it is killed before the namespaces go.
     let log = rtpengine_log;
     let mut engine = Rtpengine::start(&a.ns, a.v4, RTPENGINE_PORTS, 0, Some(bench.cpu), log)?;
@@ -842,11 +908,7 @@ fn measure_rtpengine(
             );
             Ok(s)
         })?;
-        let max_clean_pps = search
-            .iter()
-            .filter(|s| s.clean())
-            .map(|s| s.pps)
-            .fold(0.0, f64::max);
+        let max_clean_pps = max_clean(&search).unwrap_or(0.0);
         // Equal offered loads: where rtpengine is clean, and twice that.
         let loads = if max_clean_pps > 0.0 {
             vec![max_clean_pps, 2.0 * max_clean_pps]
@@ -963,10 +1025,20 @@ pub fn write_report(report: &Report, path: &std::path::Path) -> Result<()> {
 pub fn table(report: &Report) -> String {
     use std::fmt::Write;
     let mut t = String::new();
+    let placement = match report.dut_cpu {
+        Some(dut) => format!(
+            "generator on CPU {}, device under test and sink on CPU {dut} (threaded NAPI)",
+            report.generator_cpu
+        ),
+        None => format!(
+            "generator, device under test and sink on CPU {}",
+            report.generator_cpu
+        ),
+    };
     let _ = writeln!(
         t,
-        "XDP forwarding benchmark ({} run; XDP mode: {}; kernel {}; generator, device under test and sink on CPU {} of {})",
-        report.plan.name, report.xdp_mode, report.kernel, report.generator_cpu, report.cpus
+        "XDP forwarding benchmark ({} run; XDP mode: {}; kernel {}; {placement}; {} CPUs)",
+        report.plan.name, report.xdp_mode, report.kernel, report.cpus
     );
     let _ = writeln!(
         t,

@@ -78,6 +78,20 @@ fn short_benchmark_forwards_in_every_configuration_and_writes_its_report() {
             size.relay_counters.dropped, 0,
             "{what}: relay dropped frames"
         );
+        // The relay's rate search runs on paced live frames: its first
+        // trial asks for the search's lowest rate, which a pacing generator
+        // keeps to and a saturating one would overshoot a hundredfold.
+        let first = size.relay_search.first().expect("relay rate search ran");
+        assert!(
+            (1_000.0..=20_000.0).contains(&first.offered_pps),
+            "{what}: paced generator offered {} pps when asked for 10000",
+            first.offered_pps
+        );
+        assert!(
+            size.relay_max_clean_pps.is_some(),
+            "{what}: no clean relay trial: {:?}",
+            size.relay_search
+        );
         if with_rtpengine {
             let engine = size.rtpengine.as_ref().expect("rtpengine measured");
             assert!(

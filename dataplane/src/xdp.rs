@@ -176,6 +176,9 @@ pub enum XdpError {
     /// A frame given to the benchmark generator has a shape it cannot send.
     #[error("generator frame rejected: {0}")]
     BadFrame(&'static str),
+    /// A generator rate that is not a finite number of frames per second in 1..=1e9.
+    #[error("generator rate {0} frames/s is not in 1..=1e9")]
+    BadRate(f64),
 }
 
 /// What one `BPF_PROG_TEST_RUN` returned.

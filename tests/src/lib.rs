@@ -273,6 +273,19 @@ pub fn mac_string(mac: [u8; 6]) -> String {
 /// complete UDP checksums that survive a rewrite on the way.
 pub fn tx_checksum_off(ifname: &str) -> Result<()> {
     const ETHTOOL_STXCSUM: u32 = 0x17;
+    ethtool_set(ifname, ETHTOOL_STXCSUM, 0, "ETHTOOL_STXCSUM off")
+}
+
+/// Turns generic receive offload on for `ifname` (in the calling thread's
+/// network namespace). On veth this gives the receiving end a NAPI instance
+/// even without an XDP program, which threaded NAPI needs.
+pub fn gro_on(ifname: &str) -> Result<()> {
+    const ETHTOOL_SGRO: u32 = 0x2c;
+    ethtool_set(ifname, ETHTOOL_SGRO, 1, "ETHTOOL_SGRO on")
+}
+
+/// One legacy `SIOCETHTOOL` set-value command.
+fn ethtool_set(ifname: &str, cmd: u32, data: u32, what: &str) -> Result<()> {
     #[repr(C)]
     struct EthtoolValue {
         cmd: u32,
@@ -281,10 +294,7 @@ pub fn tx_checksum_off(ifname: &str) -> Result<()> {
     if ifname.len() >= libc::IFNAMSIZ {
         bail!("interface name {ifname:?} too long");
     }
-    let mut value = EthtoolValue {
-        cmd: ETHTOOL_STXCSUM,
-        data: 0,
-    };
+    let mut value = EthtoolValue { cmd, data };
     // SAFETY: zeroed ifreq is valid; the name fits (checked above) and stays
     // NUL-terminated; ifru_data points at `value`, alive across the ioctl.
     unsafe {
@@ -301,7 +311,7 @@ pub fn tx_checksum_off(ifname: &str) -> Result<()> {
         let err = std::io::Error::last_os_error();
         libc::close(fd);
         if rc != 0 {
-            bail!("ETHTOOL_STXCSUM off on {ifname}: {err}");
+            bail!("{what} on {ifname}: {err}");
         }
     }
     Ok(())

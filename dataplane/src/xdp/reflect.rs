@@ -10,7 +10,7 @@ use aya::{
     Ebpf,
 };
 use switchboard_common::{
-    map_names, program_names, GenTemplate, SinkConfig, SinkCounters, GEN_HEAD_LEN,
+    map_names, program_names, GenPace, GenTemplate, SinkConfig, SinkCounters, GEN_HEAD_LEN,
 };
 
 use super::{attach_xdp, load_object, xdp_program, AttachedMode, XdpError};
@@ -254,6 +254,42 @@ impl LiveGenerator {
                 source,
             })?;
         Ok(result.duration)
+    }
+
+    /// Limits the generator to `pps` frames per second from the next run on
+    /// (spread evenly, at most [`switchboard_common::GEN_PACE_BURST`] back to back after a
+    /// stall); `None` sends as fast as the kernel takes frames.
+    pub fn set_rate(&mut self, pps: Option<f64>) -> Result<(), XdpError> {
+        let interval_ns = match pps {
+            None => 0,
+            Some(pps) if (1.0..=1e9).contains(&pps) => (1e9 / pps).round().max(1.0) as u64,
+            Some(pps) => return Err(XdpError::BadRate(pps)),
+        };
+        let map = self
+            .ebpf
+            .map_mut(map_names::GEN_PACE)
+            .ok_or(XdpError::Missing {
+                kind: "map",
+                name: map_names::GEN_PACE,
+            })?;
+        let mut array: Array<_, GenPace> =
+            Array::try_from(map).map_err(|source| XdpError::Map {
+                what: "opening the generator pace map",
+                source,
+            })?;
+        array
+            .set(
+                0,
+                GenPace {
+                    interval_ns,
+                    next_ns: 0,
+                },
+                0,
+            )
+            .map_err(|source| XdpError::Map {
+                what: "writing the generator pace",
+                source,
+            })
     }
 
     /// Frames the generator program has sent so far (all CPUs).

@@ -39,6 +39,8 @@ pub mod map_names {
     pub const GEN_TEMPLATE: &str = "SB_GEN_TEMPLATE";
     /// Per-CPU array of one `u64`: frames the benchmark generator has sent (its RTP sequence).
     pub const GEN_SENT: &str = "SB_GEN_SENT";
+    /// Array of one [`crate::GenPace`]: the benchmark generator's rate limit.
+    pub const GEN_PACE: &str = "SB_GEN_PACE";
     /// Array of one [`crate::SinkConfig`]: which frames the benchmark counter takes.
     pub const SINK_CONFIG: &str = "SB_SINK_CONFIG";
     /// Per-CPU array of one [`crate::SinkCounters`].
@@ -507,6 +509,23 @@ impl Default for GenTemplate {
     }
 }
 
+/// Most frames the paced benchmark generator sends back to back to catch
+/// up with its schedule after falling behind (a preempted run); further
+/// behind, the schedule restarts from the present instead.
+pub const GEN_PACE_BURST: u64 = 16;
+
+/// The benchmark generator's rate limit. A run whose turn has not come
+/// (`now < next_ns`) drops its frame unsent, so a live-frame test run spins
+/// through repetitions and sends one frame every `interval_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GenPace {
+    /// Nanoseconds between frames; 0 sends every frame (saturation).
+    pub interval_ns: u64,
+    /// `bpf_ktime_get_ns` time of the next frame; the program keeps it.
+    pub next_ns: u64,
+}
+
 /// Which frames the benchmark counter counts and drops: UDP (IPv4 or IPv6)
 /// to this destination port. Everything else is passed.
 #[repr(C)]
@@ -543,6 +562,7 @@ mod user {
     unsafe impl aya::Pod for super::Stream {}
     unsafe impl aya::Pod for super::RoomCap {}
     unsafe impl aya::Pod for super::GenTemplate {}
+    unsafe impl aya::Pod for super::GenPace {}
     unsafe impl aya::Pod for super::SinkConfig {}
     unsafe impl aya::Pod for super::SinkCounters {}
 }
@@ -564,6 +584,7 @@ const _: () = {
     assert!(core::mem::size_of::<IngressConfig>() == 8);
     assert!(core::mem::size_of::<IngressState>() == 80);
     assert!(core::mem::size_of::<GenTemplate>() == GEN_HEAD_LEN + 8);
+    assert!(core::mem::size_of::<GenPace>() == 16);
     assert!(core::mem::size_of::<SinkConfig>() == 8);
     assert!(core::mem::size_of::<SinkCounters>() == 16);
 };

@@ -4,11 +4,14 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
+    helpers::bpf_ktime_get_ns,
     macros::{map, xdp},
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
-use switchboard_common::{GenTemplate, SinkConfig, SinkCounters, GEN_HEAD_LEN};
+use switchboard_common::{
+    GenPace, GenTemplate, SinkConfig, SinkCounters, GEN_HEAD_LEN, GEN_PACE_BURST,
+};
 
 use super::{bounds, load, load_be16, rd, store, wr};
 
@@ -17,6 +20,9 @@ static GEN_TEMPLATE: Array<GenTemplate> = Array::with_max_entries(1, 0);
 
 #[map(name = "SB_GEN_SENT")]
 static GEN_SENT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "SB_GEN_PACE")]
+static GEN_PACE: Array<GenPace> = Array::with_max_entries(1, 0);
 
 #[map(name = "SB_SINK_CONFIG")]
 static SINK_CONFIG: Array<SinkConfig> = Array::with_max_entries(1, 0);
@@ -101,8 +107,31 @@ fn reflect<const IP_LEN: usize>(ctx: &XdpContext) -> bool {
 /// test rewrites headers in place, so every frame gets its headers back from
 /// the template first; then its RTP sequence number is stamped (with the UDP
 /// checksum updated to match) so no two consecutive frames are alike.
+/// With a rate limit set ([`GenPace`]), runs before a frame's turn drop
+/// their frame unsent.
 #[xdp]
 pub fn switchboard_bench_gen(ctx: XdpContext) -> u32 {
+    let Some(pace) = GEN_PACE.get_ptr_mut(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: a live map value; only the generator's CPU runs this program.
+    unsafe {
+        let interval = (*pace).interval_ns;
+        if interval != 0 {
+            let now = bpf_ktime_get_ns();
+            let next = (*pace).next_ns;
+            if now < next {
+                return xdp_action::XDP_DROP;
+            }
+            let behind = now - next;
+            let base = if behind > interval.saturating_mul(GEN_PACE_BURST) {
+                now
+            } else {
+                next
+            };
+            (*pace).next_ns = base + interval;
+        }
+    }
     let Some(template) = GEN_TEMPLATE.get_ptr(0) else {
         return xdp_action::XDP_ABORTED;
     };
