@@ -576,6 +576,10 @@ const _: () = {
     assert!(core::mem::offset_of!(RelayDest, local_addr) == 16);
     assert!(core::mem::offset_of!(RelayDest, remote_addr) == 32);
     assert!(core::mem::offset_of!(RelayDest, ports) == 48);
+    assert!(core::mem::offset_of!(Flow, action) == 0);
+    assert!(core::mem::offset_of!(Flow, fanout) == 1);
+    assert!(core::mem::offset_of!(Flow, ipv6) == 2);
+    assert!(core::mem::offset_of!(Flow, pass_up) == 3);
     assert!(core::mem::offset_of!(Flow, dest) == 8);
     assert!(core::mem::size_of::<FlowSlot>() == 72);
     assert!(core::mem::offset_of!(FlowSlot, remote_addr) == 64);

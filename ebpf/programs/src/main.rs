@@ -182,12 +182,21 @@ fn be16(b: [u8; 2]) -> u16 {
 #[derive(Clone, Copy)]
 struct Aligned<T>(T);
 
-/// `::ffff:a.b.c.d` from the four address bytes as read from the wire.
+// Addresses are handled as two 64-bit words in the target's (little-endian)
+// byte order, as loaded from the wire: compared and summed in registers.
+const _: () = assert!(cfg!(target_endian = "little"));
+
+/// `::ffff:a.b.c.d` as two words, from the four address bytes as read from
+/// the wire: bytes 10 and 11 are 0xff, 12..16 the IPv4 address.
 #[inline(always)]
-fn v4_mapped(a: u32) -> Aligned<Addr> {
-    let words = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), a];
-    // SAFETY: [u32; 4] and [u8; 16] have the same size and every bit pattern is valid.
-    Aligned(unsafe { core::mem::transmute::<[u32; 4], Addr>(words) })
+fn v4_mapped(a: u32) -> [u64; 2] {
+    [0, ((a as u64) << 32) | 0xffff_0000]
+}
+
+/// The IPv4 address of a v4-mapped address's words, as read from the wire.
+#[inline(always)]
+fn v4_of(words: [u64; 2]) -> u32 {
+    (words[1] >> 32) as u32
 }
 
 /// The IPv6 address at `addr`, read as two words (an array read would
@@ -196,41 +205,51 @@ fn v4_mapped(a: u32) -> Aligned<Addr> {
 /// # Safety
 /// As for [`rd`].
 #[inline(always)]
-unsafe fn v6_at(addr: usize) -> Aligned<Addr> {
-    let words = unsafe { [rd::<u64>(addr), rd::<u64>(addr + 8)] };
-    // SAFETY: [u64; 2] and [u8; 16] have the same size and every bit pattern is valid.
-    Aligned(unsafe { core::mem::transmute::<[u64; 2], Addr>(words) })
+unsafe fn v6_at(addr: usize) -> [u64; 2] {
+    unsafe { [rd::<u64>(addr), rd::<u64>(addr + 8)] }
 }
 
-/// An address as two words.
+/// Folds a ones' complement sum to at most 16 bits (the value 0xffff stays:
+/// it and 0 are the same number).
 #[inline(always)]
-fn addr_words(a: &Aligned<Addr>) -> [u64; 2] {
-    // SAFETY: `Aligned` is 8-byte aligned and 16 bytes long.
-    unsafe { core::ptr::read(&a.0 as *const Addr as *const [u64; 2]) }
+fn fold64(mut sum: u64) -> u32 {
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u32
 }
 
-/// Sum of the ones' complements of an address's 32-bit words, host order
-/// as read from the wire: what a checksum loses when the address leaves.
+/// Ones' complement sum of the ones' complements of an address's 32-bit
+/// words (as read from the wire), folded to 16 bits: what a checksum loses
+/// when the address leaves.
 #[inline(always)]
-fn not_sum(a: &Aligned<Addr>, v6: bool) -> u64 {
-    // SAFETY: `Aligned` is 8-byte aligned and 16 bytes long.
-    let w = unsafe { core::ptr::read(&a.0 as *const Addr as *const [u32; 4]) };
+fn not_sum(a: [u64; 2], v6: bool) -> u32 {
     if v6 {
-        (!w[0]) as u64 + (!w[1]) as u64 + (!w[2]) as u64 + (!w[3]) as u64
+        let [w0, w1] = a;
+        fold64(
+            (!(w0 as u32)) as u64
+                + (!((w0 >> 32) as u32)) as u64
+                + (!(w1 as u32)) as u64
+                + (!((w1 >> 32) as u32)) as u64,
+        )
     } else {
-        (!w[3]) as u64
+        let x = !v4_of(a);
+        let x = (x & 0xffff) + (x >> 16);
+        (x & 0xffff) + (x >> 16)
     }
 }
 
 #[inline(always)]
-fn is_local(state: &IngressState, addr: &Aligned<Addr>) -> bool {
+fn is_local(state: &IngressState, addr: [u64; 2]) -> bool {
     let count = state.local_count;
     if count == LOCAL_ADDRS_IN_MAP {
-        // SAFETY: the value is only tested for presence.
-        return unsafe { LOCAL_ADDRS.get(&addr.0) }.is_some();
+        // SAFETY: [u64; 2] and Addr ([u8; 16]) have the same size and every
+        // bit pattern is valid; the value is only tested for presence.
+        return unsafe { LOCAL_ADDRS.get(&*(&addr as *const [u64; 2] as *const Addr)) }.is_some();
     }
     // The loader keeps the map's few keys here: compared, not hashed.
-    let [a0, a1] = addr_words(addr);
+    let [a0, a1] = addr;
     for (i, local) in state.local_addrs.iter().enumerate() {
         if i >= count as usize {
             break;
@@ -254,14 +273,14 @@ struct Udp {
     l4: usize,
     /// UDP length from the UDP header, checked against the IP length.
     udp_len: usize,
-    /// The source address as two words (see [`Udp::key`]).
+    /// The source address as two words (v4-mapped for IPv4; see [`Udp::key`]).
     src: [u64; 2],
     /// Source and destination port, host order.
     sport: u16,
     dport: u16,
-    /// Ones' complement sum of the destination address (what the checksums
-    /// lose when a rewrite replaces it).
-    not_dst: u64,
+    /// Ones' complement sum of the destination address, folded to 16 bits
+    /// (what the checksums lose when a rewrite replaces it).
+    not_dst: u32,
 }
 
 enum Parsed {
@@ -307,7 +326,7 @@ fn parse_at<F: Frame, const V6: bool, const L3: usize>(f: &F, state: &IngressSta
         }
         v4_mapped(unsafe { rd(p + L3 + 16) })
     };
-    if !is_local(state, &dst) {
+    if !is_local(state, dst) {
         return Parsed::NotOurs;
     }
     // Checked again after the address check rather than kept in registers
@@ -334,15 +353,23 @@ fn parse_at<F: Frame, const V6: bool, const L3: usize>(f: &F, state: &IngressSta
         (payload_len, unsafe { v6_at(p + L3 + 8) })
     } else {
         let vihl = unsafe { rd::<u8>(p + L3) };
-        let ihl = ((vihl & 0x0f) as usize) * 4;
         let total_len = u16::from_be(unsafe { rd(p + L3 + 2) }) as usize;
-        if vihl >> 4 != 4 || ihl < IPV4_HDR_LEN || total_len < ihl || L3 + total_len > frame_len {
+        // Options never carry media from real endpoints: anything but a
+        // bare 20-byte IPv4 header is malformed or the kernel's to parse.
+        if vihl != 0x45 {
+            let ihl = ((vihl & 0x0f) as usize) * 4;
+            if vihl >> 4 != 4 || ihl < IPV4_HDR_LEN || total_len < ihl || L3 + total_len > frame_len
+            {
+                return Parsed::Malformed;
+            }
+            return Parsed::SlowPath;
+        }
+        if total_len < IPV4_HDR_LEN || L3 + total_len > frame_len {
             return Parsed::Malformed;
         }
-        // Fragments (MF or an offset) and options never carry media from
-        // real endpoints; the kernel reassembles and parses them.
+        // Fragments (MF or an offset): the kernel reassembles them.
         let frag = u16::from_be(unsafe { rd(p + L3 + 6) });
-        if frag & 0x3fff != 0 || ihl != IPV4_HDR_LEN {
+        if frag & 0x3fff != 0 {
             return Parsed::SlowPath;
         }
         (
@@ -373,10 +400,10 @@ fn parse_at<F: Frame, const V6: bool, const L3: usize>(f: &F, state: &IngressSta
         l3: L3,
         l4,
         udp_len,
-        src: addr_words(&src),
+        src,
         sport,
         dport,
-        not_dst: not_sum(&dst, V6),
+        not_dst: not_sum(dst, V6),
     })
 }
 
@@ -402,9 +429,7 @@ fn flow_of(u: &Udp) -> Option<*const Flow> {
     if u.v6 {
         FLOWS.get_ptr(&u.key().0)
     } else {
-        // The v4-mapped address's last four bytes (see `v4_mapped`).
-        // SAFETY: [u64; 2] and [u32; 4] have the same size and every bit pattern is valid.
-        let v4 = unsafe { core::mem::transmute::<[u64; 2], [u32; 4]>(u.src) }[3];
+        let v4 = v4_of(u.src);
         if let Some(flow) = indexed_flow(v4, u.sport, u.dport) {
             return Some(flow);
         }
@@ -540,11 +565,13 @@ fn demux<F: Frame>(f: &F, u: &Udp) -> Result<Media, Outcome> {
     let Some(first) = load::<u8, F>(f, payload) else {
         return Err(Outcome::DropMalformed);
     };
-    match first {
-        0..=3 => return Err(Outcome::Stun),
-        20..=63 => return Err(Outcome::Dtls),
-        128..=191 => {}
-        _ => return Err(Outcome::Other),
+    // RTP and RTCP (128..=191) first: one test on the hot path.
+    if first & 0xc0 != 0x80 {
+        return Err(match first {
+            0..=3 => Outcome::Stun,
+            20..=63 => Outcome::Dtls,
+            _ => Outcome::Other,
+        });
     }
     let Some(second) = load::<u8, F>(f, payload + 1) else {
         return Err(Outcome::DropMalformed);
@@ -619,35 +646,22 @@ fn ingress_at<const V6: bool, const L3: usize>(ctx: &XdpContext, state: &Ingress
             Err(()) => return malformed,
         }
     }
-    if flow.action == FLOW_TO_USERSPACE {
-        return Outcome::ToUserspace;
-    }
-    if flow.action != FLOW_RELAY {
-        return Outcome::DropNoEgress;
-    }
-    // A trunk: TC copies it to the downstream appliances and passes the
-    // original up (whatever its TTL: this box is its destination too).
-    if flow.pass_up != 0 {
-        return Outcome::ToFanout;
-    }
-    let Some(ttl) = load::<u8, XdpContext>(ctx, L3 + if V6 { 7 } else { 8 }) else {
-        return malformed;
-    };
-    if ttl <= 1 {
-        return Outcome::DropTtl;
-    }
-    if flow.fanout >= 2 && flow.fanout as usize <= MAX_FANOUT {
-        return Outcome::ToFanout;
-    }
-    // The fast path never translates between IP versions: a sender that
-    // matches a flow of the other family (an IPv4-mapped IPv6 source) is
-    // not relayed.
-    if flow.fanout != 1 || (flow.ipv6 != 0) != V6 {
-        return Outcome::DropNoEgress;
+    // The common case, a relay leg with one destination of the packet's
+    // family and no trunk, is one comparison of the flow's first word.
+    // SAFETY: `Flow` starts with these four one-byte fields (offsets
+    // asserted in switchboard-common).
+    let head = unsafe { rd::<u32>(flow as *const Flow as usize) };
+    let single = u32::from_le_bytes([FLOW_RELAY, 1, V6 as u8, 0]);
+    if head != single {
+        if let Some(outcome) = flow_slow_path::<V6, L3>(ctx, flow, malformed) {
+            return outcome;
+        }
     }
     let dest = &flow.dest;
-    if !rewrite::<V6, L3>(ctx, &u, ttl, dest) {
-        return malformed;
+    match rewrite::<V6, L3>(ctx, &u, dest) {
+        Rewritten::Yes => {}
+        Rewritten::TtlExpired => return Outcome::DropTtl,
+        Rewritten::Short => return malformed,
     }
     // SAFETY: reading a field of the context the kernel passed in.
     let ingress_ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
@@ -658,6 +672,44 @@ fn ingress_at<const V6: bool, const L3: usize>(ctx: &XdpContext, state: &Ingress
         Ok(action) if action == xdp_action::XDP_REDIRECT => Outcome::Redirect,
         _ => Outcome::DropNoEgress,
     }
+}
+
+/// Every flow but a single-destination relay leg of the packet's family:
+/// the outcome, or `None` for a flow the single-destination rewrite serves
+/// after all (a non-canonical but valid encoding of one).
+#[inline(always)]
+fn flow_slow_path<const V6: bool, const L3: usize>(
+    ctx: &XdpContext,
+    flow: &Flow,
+    malformed: Outcome,
+) -> Option<Outcome> {
+    if flow.action == FLOW_TO_USERSPACE {
+        return Some(Outcome::ToUserspace);
+    }
+    if flow.action != FLOW_RELAY {
+        return Some(Outcome::DropNoEgress);
+    }
+    // A trunk: TC copies it to the downstream appliances and passes the
+    // original up (whatever its TTL: this box is its destination too).
+    if flow.pass_up != 0 {
+        return Some(Outcome::ToFanout);
+    }
+    let Some(ttl) = load::<u8, XdpContext>(ctx, L3 + if V6 { 7 } else { 8 }) else {
+        return Some(malformed);
+    };
+    if ttl <= 1 {
+        return Some(Outcome::DropTtl);
+    }
+    if flow.fanout >= 2 && flow.fanout as usize <= MAX_FANOUT {
+        return Some(Outcome::ToFanout);
+    }
+    // The fast path never translates between IP versions: a sender that
+    // matches a flow of the other family (an IPv4-mapped IPv6 source) is
+    // not relayed.
+    if flow.fanout != 1 || (flow.ipv6 != 0) != V6 {
+        return Some(Outcome::DropNoEgress);
+    }
+    None
 }
 
 /// True if this RTP packet is video above its room's cap. `Err` if the RTP
@@ -768,30 +820,23 @@ fn dd_template(ctx: &XdpContext, u: &Udp, first: u8, ext_id: u8) -> Result<Optio
     Ok(None)
 }
 
-/// Folds a ones' complement sum of 32-bit words to 16 bits.
-#[inline(always)]
-fn fold64(mut sum: u64) -> u16 {
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
-}
-
 /// RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'), with the changes precomputed:
 /// `delta` from the flow's destination, `not_dst` the ones' complement sum
 /// of the destination address the packet arrived with. Checksums are as
 /// read from the wire in host order (byte order does not matter to ones'
 /// complement sums, RFC 1071 §2).
 #[inline(always)]
-fn csum_apply(csum: u16, delta: u16, not_dst: u64) -> u16 {
-    !fold64((!csum) as u64 + delta as u64 + not_dst)
+fn csum_apply(csum: u16, delta: u16, not_dst: u32) -> u16 {
+    // Three 16-bit terms: two folds take the sum back to 16 bits.
+    let sum = (!csum) as u32 + delta as u32 + not_dst;
+    let sum = (sum & 0xffff) + (sum >> 16);
+    !(((sum & 0xffff) + (sum >> 16)) as u16)
 }
 
 /// The new IPv4 header and UDP checksums (wire order) for `dest`;
 /// `not_dst` is the ones' complement sum of the original destination address.
 #[inline(always)]
-fn new_csums(v6: bool, ip_csum: u16, udp_csum: u16, not_dst: u64, dest: &RelayDest) -> (u16, u16) {
+fn new_csums(v6: bool, ip_csum: u16, udp_csum: u16, not_dst: u32, dest: &RelayDest) -> (u16, u16) {
     let ip = if v6 {
         0
     } else {
@@ -809,20 +854,32 @@ fn new_csums(v6: bool, ip_csum: u16, udp_csum: u16, not_dst: u64, dest: &RelayDe
     (ip, udp)
 }
 
+enum Rewritten {
+    Yes,
+    /// TTL or hop limit 1 or 0: nothing written.
+    TtlExpired,
+    /// The headers are not all in the frame: nothing written.
+    Short,
+}
+
 /// Rewrites Ethernet, IP and UDP in place for `dest` (XDP, direct access):
-/// word copies from the precomputed destination and two checksum updates.
-/// `ttl` is the TTL or hop limit as it arrived (above 1).
+/// word copies from the precomputed destination and two checksum updates,
+/// TTL or hop limit one less.
 #[inline(always)]
 fn rewrite<const V6: bool, const L3: usize>(
     ctx: &XdpContext,
     u: &Udp,
-    ttl: u8,
     dest: &RelayDest,
-) -> bool {
+) -> Rewritten {
     let l4 = L3 + if V6 { IPV6_HDR_LEN } else { IPV4_HDR_LEN };
     let Some(p) = bounds(ctx, l4 + UDP_HDR_LEN) else {
-        return false;
+        return Rewritten::Short;
     };
+    // SAFETY: inside the headers checked just above.
+    let ttl = unsafe { rd::<u8>(p + L3 + if V6 { 7 } else { 8 }) };
+    if ttl <= 1 {
+        return Rewritten::TtlExpired;
+    }
     let d = dest as *const RelayDest as usize;
     let not_dst = u.not_dst;
     // SAFETY (all): the frame holds the headers up to the end of UDP
@@ -849,7 +906,7 @@ fn rewrite<const V6: bool, const L3: usize>(
         wr::<u32>(p + l4, rd::<u32>(d + 48));
         wr::<u16>(p + l4 + 6, udp);
     }
-    true
+    Rewritten::Yes
 }
 
 /// Fans a multi-destination relay flow out: one rewritten copy per
@@ -990,8 +1047,8 @@ struct Original {
     ip_csum: u16,
     /// UDP checksum (wire order).
     udp_csum: u16,
-    /// Ones' complement sum of the destination address.
-    not_dst: u64,
+    /// Ones' complement sum of the destination address, folded (see [`Udp`]).
+    not_dst: u32,
 }
 
 /// Rewrites the skb for `dest` with `bpf_skb_store_bytes`, which stays valid
