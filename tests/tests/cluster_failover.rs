@@ -501,6 +501,17 @@ fn pool_places_fails_over_and_never_double_places() {
         .cloned()
         .collect();
     assert_eq!(on_y.len(), 2, "box y's consults: {on_y:?}");
+    // The dead box's unplaced `de` consult waits for room in Germany and
+    // would take the slot freed below at the next upkeep pass: end it first,
+    // so the slot is the new consult's whichever comes first.
+    let r = send_json(
+        &boxes[y],
+        "DELETE",
+        &format!("/v1/consults/{de_on_x}"),
+        ADMIN_TOKEN,
+        &json!({}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
     let r = send_json(
         &boxes[y],
         "DELETE",
